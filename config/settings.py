@@ -1,0 +1,70 @@
+"""The one settings object: every knob treadle has, read from ``TREADLE_*`` variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TOPOLOGY = Path(__file__).with_name("topology.yaml")
+
+
+class Settings(BaseSettings):
+    """treadle's configuration. Unknown ``TREADLE_*`` names are refused, not ignored."""
+
+    model_config = SettingsConfigDict(env_prefix="TREADLE_", extra="forbid", frozen=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Broker, result backend and state store. Unset: a private embedded Redis.",
+    )
+    home: Path = Field(
+        default=Path(".treadle"), description="Where the embedded Redis keeps its data and URL."
+    )
+    topology: Path = Field(default=DEFAULT_TOPOLOGY, description="Pools, resources, admission.")
+    task_modules: str = Field(
+        default="", description="Comma-separated modules that define @task functions."
+    )
+    key_prefix: str = Field(default="treadle", description="Prefix of every treadle Redis key.")
+
+    max_steps: int = Field(default=20_000, ge=1, description="Steps per workflow.")
+    max_params_bytes: int = Field(default=256 * 1024, ge=1, description="JSON size of params.")
+    max_args_bytes: int = Field(
+        default=64 * 1024, ge=1, description="JSON size of one step's args."
+    )
+
+    default_step_timeout_s: float = Field(default=300.0, gt=0)
+    max_step_timeout_s: float = Field(default=3600.0, gt=0)
+    visibility_timeout_s: float = Field(
+        default=7200.0, gt=0, description="Redis redelivery window; must exceed every timeout."
+    )
+    result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
+    state_ttl_s: int = Field(
+        default=30 * 24 * 3600, gt=0, description="How long finished workflows stay in Redis."
+    )
+
+    worker_max_tasks_per_child: int = Field(default=10_000, ge=0)
+    flower_port: int = Field(default=5555, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _timeouts_fit_visibility(self) -> Settings:
+        # A message unacked for longer than visibility_timeout is redelivered while the
+        # first copy still runs: every hard timeout must end before that can happen.
+        if self.visibility_timeout_s <= self.max_step_timeout_s:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed "
+                f"max_step_timeout_s ({self.max_step_timeout_s})"
+            )
+        if self.default_step_timeout_s > self.max_step_timeout_s:
+            raise ValueError("default_step_timeout_s must not exceed max_step_timeout_s")
+        return self
+
+    def task_module_list(self) -> list[str]:
+        return [m.strip() for m in self.task_modules.split(",") if m.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

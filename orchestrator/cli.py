@@ -1,0 +1,396 @@
+"""The ``treadle`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+
+from config.settings import Settings, get_settings
+from config.topology import PRIORITY_ORDER, PriorityClass, TopologyError, load_topology
+from orchestrator import render
+from orchestrator.errors import InvalidInput, TreadleError, WorkflowFailed
+
+out = Console()
+err = Console(stderr=True)
+
+PRIORITIES = click.Choice([p.value for p in PRIORITY_ORDER])
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = [
+            f"TREADLE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise InvalidInput("\n".join(problems) or str(exc)) from exc
+
+
+@contextmanager
+def _client() -> Iterator[Any]:
+    from orchestrator.client import Client
+
+    with Client.connect(_settings()) as client:
+        yield client
+
+
+def _fail(exc: TreadleError) -> NoReturn:
+    err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+    sys.exit(exc.exit_code)
+
+
+class _TreadleGroup(click.Group):
+    """Maps every TreadleError to its exit code and a one-paragraph message."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TreadleError as exc:
+            _fail(exc)
+        except TopologyError as exc:
+            _fail(InvalidInput(str(exc)))
+
+
+@click.group(cls=_TreadleGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """treadle: workflows of sequential, parallel and hybrid stages on Celery and Redis."""
+
+
+# -- specs ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(files: Sequence[Path]) -> None:
+    """Check specs; nothing is enqueued."""
+    from orchestrator.service import SpecChecker
+    from orchestrator.validate import load_spec_file
+
+    checker = SpecChecker(_settings())
+    problems: list[str] = []
+    for path in files:
+        try:
+            workflow = checker.check(load_spec_file(path), str(path))
+        except InvalidInput as exc:
+            problems.append(exc.render())
+            continue
+        out.print(f"[green]ok[/green] {path}: {workflow.name} ({len(workflow.steps)} steps)")
+    if problems:
+        raise InvalidInput("\n".join(problems))
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(file: Path, as_json: bool) -> None:
+    """The compiled canvas, critical path and width."""
+    from orchestrator.planning import make_plan
+    from orchestrator.service import SpecChecker
+    from orchestrator.validate import load_spec_file
+
+    settings = _settings()
+    checker = SpecChecker(settings)
+    workflow = checker.check(load_spec_file(file), str(file))
+    the_plan = make_plan(workflow)
+    if as_json:
+        click.echo(json.dumps(the_plan.to_json(), indent=2))
+    else:
+        render.plan(out, the_plan)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of workflow specs."""
+    from orchestrator.model import WorkflowSpec
+
+    click.echo(json.dumps(WorkflowSpec.model_json_schema(), indent=2))
+
+
+# -- running workflows -----------------------------------------------------------------
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise InvalidInput(f"--param {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    if not key:
+        raise InvalidInput(f"--param {text!r}: empty key")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--param", "params", multiple=True, help="KEY=VALUE (VALUE parsed as JSON if it is).")
+@click.option("--priority", type=PRIORITIES, help="Override the spec's priority class.")
+@click.option("--wait", is_flag=True, help="Wait for the end, with live progress.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id": ...} (and the state).')
+def submit(
+    file: Path, params: Sequence[str], priority: str | None, wait: bool, as_json: bool
+) -> None:
+    """Validate, store and enqueue a workflow."""
+    overrides = dict(_parse_param(p) for p in params)
+    with _client() as client:
+        done = client.submit_detailed(file, params=overrides, priority=priority)
+        if not wait:
+            if as_json:
+                click.echo(json.dumps({"id": done.id}))
+            else:
+                note = "" if done.created else " (idempotency key seen before: first id)"
+                out.print(f"submitted {done.id}{note}")
+            return
+        if as_json:
+            status = client.wait(done.id)
+        else:
+            out.print(f"submitted {done.id}")
+            status = render.follow(out, [done.id], client.status)[0]
+        if as_json:
+            click.echo(json.dumps({"id": done.id, "state": status["state"]}))
+        else:
+            render.status_table(out, status)
+        if status["state"] != "succeeded":
+            raise WorkflowFailed(f"workflow {done.id} ended {status['state']}")
+
+
+@main.command()
+@click.argument("workflow_id")
+@click.option("--watch", is_flag=True, help="Refresh until the workflow ends.")
+@click.option("--json", "as_json", is_flag=True)
+def status(workflow_id: str, watch: bool, as_json: bool) -> None:
+    """Per-step state, attempts and times."""
+    with _client() as client:
+        if watch and not as_json:
+            render.watch(out, workflow_id, client.status)
+            return
+        if watch:
+            client.wait(workflow_id)
+        current = client.status(workflow_id)
+        if as_json:
+            click.echo(json.dumps(current))
+        else:
+            render.status_table(out, current)
+
+
+@main.command(name="list")
+@click.option("--state", help="Only workflows in this state.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def list_(state: str | None, limit: int, as_json: bool) -> None:
+    """Workflows, newest first."""
+    with _client() as client:
+        rows = client.list(state, limit)
+    if as_json:
+        click.echo(json.dumps(rows))
+    else:
+        render.list_table(out, rows)
+
+
+@main.command()
+@click.argument("workflow_id")
+def cancel(workflow_id: str) -> None:
+    """Stop a workflow: steps not started never start; running steps finish."""
+    with _client() as client:
+        state = client.cancel(workflow_id)
+    out.print(f"{workflow_id}: {state}")
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+def _resolved_url(settings: Settings) -> str:
+    from config.celery_app import resolve_redis_url
+
+    return resolve_redis_url(settings)
+
+
+@main.command()
+@click.option("--pool", type=PRIORITIES, required=True, help="The priority class to serve.")
+@click.option("--concurrency", type=click.IntRange(1, 512), help="Processes (default: topology).")
+@click.option(
+    "--index",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Tells several workers of one pool apart: node name POOL-INDEX@host.",
+)
+def worker(pool: str, concurrency: int | None, index: int) -> None:
+    """A worker of one pool, consuming only its class's queue."""
+    from config.queues import queue_for
+    from workers.app import make_worker_app
+
+    settings = _settings()
+    klass = PriorityClass(pool)
+    spec = load_topology(settings.topology).pool(klass)
+    app = make_worker_app(settings, _resolved_url(settings))
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queue_for(klass),
+            "--hostname",
+            f"{pool}-{index}@%h",
+            "--concurrency",
+            str(concurrency or spec.concurrency),
+            "--prefetch-multiplier",
+            str(spec.prefetch),
+            "--pool",
+            "prefork",
+            "--without-gossip",
+            "--without-mingle",
+            "--task-events",
+            "--loglevel",
+            "INFO",
+        ]
+    )
+
+
+@main.command()
+def orchestrator() -> None:
+    """The orchestrator process: submissions by message, and crash recovery."""
+    from config.queues import ORCHESTRATOR_QUEUE
+    from orchestrator.process import make_orchestrator_app
+
+    settings = _settings()
+    app = make_orchestrator_app(settings, _resolved_url(settings))
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            ORCHESTRATOR_QUEUE,
+            "--hostname",
+            "orchestrator@%h",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "4",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ]
+    )
+
+
+@main.command(hidden=True)
+@click.option("--port", type=int, required=True)
+def flower(port: int) -> None:
+    """Flower for this stack's app (started by `treadle up`)."""
+    from config.celery_app import make_app
+
+    settings = _settings()
+    app = make_app(settings, _resolved_url(settings))
+    app.start(["flower", f"--port={port}", "--address=127.0.0.1"])
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+
+def _flower_ready(port: int, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+@contextmanager
+def _running_stack(settings: Settings) -> Iterator[Any]:
+    from orchestrator.stack import Stack
+
+    port = _free_port(settings.flower_port)
+    with Stack(settings, flower_port=port) as stack:
+        _flower_ready(port)
+        yield stack
+
+
+@main.command()
+def up() -> None:
+    """The whole stack in the foreground; Ctrl-C stops it cleanly."""
+    settings = _settings()
+    with _running_stack(settings) as stack:
+        render.stack_banner(out, stack)
+        stopping: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda s, _f: stopping.append(s))
+        while not stopping:
+            dead = [c for c in stack.children if not c.alive()]
+            if dead:
+                err.print(f"{dead[0].name} exited; see {dead[0].log_path}. Stopping.")
+                break
+            time.sleep(0.2)
+        out.print("stopping ...")
+    out.print("stopped")
+
+
+SAMPLE_MODULES = (
+    "workers.samples.shop",
+    "workers.samples.ml",
+    "workers.samples.compliance",
+    "workers.samples.images",
+)
+
+
+@main.command()
+@click.option("--timeout", "timeout_s", default=120.0, show_default=True)
+def demo(timeout_s: float) -> None:
+    """Start the stack, run the sample workflows with live progress, summarise, stop."""
+    from workers.samples import workflow_files
+
+    modules = [m for m in os.environ.get("TREADLE_TASK_MODULES", "").split(",") if m]
+    os.environ["TREADLE_TASK_MODULES"] = ",".join(dict.fromkeys([*modules, *SAMPLE_MODULES]))
+    get_settings.cache_clear()
+    settings = _settings()
+    from orchestrator.client import Client
+
+    with _running_stack(settings) as stack:
+        render.stack_banner(out, stack)
+        with Client.connect(settings, stack.redis_url) as client:
+            files = workflow_files()
+            ids = [client.submit(path) for path in files]
+            out.print(f"submitted {len(ids)} sample workflows")
+            finals = render.follow(out, ids, client.status, timeout_s=timeout_s)
+            render.summary(out, finals, [p.name for p in files])
+            render.stack_banner(out, stack, closing=True)
+    if any(s["state"] != "succeeded" for s in finals):
+        raise WorkflowFailed("some sample workflows did not succeed")
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point for tests: run the CLI in-process, return its exit code."""
+    try:
+        main.main(args=list(argv or []), standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    main()

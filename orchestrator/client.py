@@ -1,0 +1,107 @@
+"""The Python client: submit workflows, read their status, wait, list, cancel.
+
+from orchestrator.client import Client
+with Client.connect() as client:
+    wid = client.submit("workers/samples/workflows/order-fulfillment.yaml")
+    print(client.wait(wid, timeout_s=60)["state"])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from config.settings import Settings, get_settings
+from orchestrator.audit import chain_problems
+from orchestrator.errors import Unreachable
+from orchestrator.service import Orchestrator, Submission, with_overrides
+from orchestrator.states import WORKFLOW_FINAL
+from orchestrator.validate import load_spec_file
+
+
+class Client:
+    def __init__(self, orchestrator: Orchestrator):
+        self.orchestrator = orchestrator
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None, redis_url: str | None = None) -> Client:
+        return cls(Orchestrator.from_settings(settings or get_settings(), redis_url))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.orchestrator.close()
+
+    def submit(
+        self,
+        spec: Mapping[str, Any] | str | Path,
+        *,
+        params: Mapping[str, Any] | None = None,
+        priority: str | None = None,
+    ) -> str:
+        """Submit a spec (a mapping, or the path of a YAML/JSON file); returns its id.
+
+        A spec whose ``idempotency_key`` was submitted before returns the first id.
+        """
+        return self.submit_detailed(spec, params=params, priority=priority).id
+
+    def submit_detailed(
+        self,
+        spec: Mapping[str, Any] | str | Path,
+        *,
+        params: Mapping[str, Any] | None = None,
+        priority: str | None = None,
+    ) -> Submission:
+        source = None
+        if isinstance(spec, (str, Path)):
+            source = str(spec)
+            raw = load_spec_file(Path(spec))
+        else:
+            raw = spec
+        return self.orchestrator.submit(with_overrides(raw, params, priority), source)
+
+    def status(self, workflow_id: str) -> dict[str, Any]:
+        return self.orchestrator.store.status(workflow_id)
+
+    def wait(
+        self, workflow_id: str, timeout_s: float | None = None, poll_s: float = 0.05
+    ) -> dict[str, Any]:
+        """Block until the workflow ends; returns its final status."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay = poll_s
+        while True:
+            status = self.status(workflow_id)
+            if status["state"] in WORKFLOW_FINAL:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"workflow {workflow_id} still {status['state']} after {timeout_s} s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def list(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        return self.orchestrator.store.summaries(state, limit)
+
+    def cancel(self, workflow_id: str) -> str:
+        return self.orchestrator.cancel(workflow_id)
+
+    def audit_chain_problems(self, workflow_id: str) -> list[str]:
+        """Where the stored audit chain was changed or cut (empty when intact)."""
+        entries, tail = self.orchestrator.store.audit_entries(workflow_id)
+        return chain_problems(entries, tail)
+
+
+__all__ = ["Client", "Unreachable"]

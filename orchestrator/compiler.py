@@ -1,0 +1,245 @@
+"""Compile a workflow's DAG to a canvas of chains, groups and chords.
+
+Pure: the canvas here is plain data; ``orchestrator.dispatch`` turns it into Celery
+signatures. Series-parallel graphs (everything the stages form can write, and any steps
+form graph without an "N" in it) compile exactly: the canvas orders two steps if and only
+if the DAG does. A part of the graph that is not series-parallel is compiled by levels
+(a chain of groups of steps at the same depth), which respects every edge but can make a
+step wait for a step it does not depend on; ``Compiled.exact`` says whether that happened
+and ``Compiled.levelled`` which steps it touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from orchestrator.dag import Graph
+
+
+@dataclass(frozen=True)
+class Task:
+    step: str
+
+
+@dataclass(frozen=True)
+class Chain:
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Group:
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Chord:
+    """``header`` runs in parallel; ``body`` starts once all of it has finished."""
+
+    header: tuple[Node, ...]
+    body: Node
+
+
+Node = Union[Task, Chain, Group, Chord]  # noqa: UP007 - recursive alias of dataclasses
+
+
+@dataclass(frozen=True)
+class Compiled:
+    canvas: Node
+    exact: bool
+    levelled: frozenset[str] = field(default_factory=frozenset)
+
+
+def compile_graph(graph: Graph) -> Compiled:
+    """The canvas for ``graph``; raises CycleError if it has a cycle."""
+    order = graph.topological_order()
+    compiler = _Compiler(graph, order)
+    shape = compiler.decompose(order)
+    return Compiled(
+        canvas=_with_chords(shape),
+        exact=not compiler.levelled,
+        levelled=frozenset(compiler.levelled),
+    )
+
+
+class _Compiler:
+    def __init__(self, graph: Graph, order: list[str]):
+        self.graph = graph
+        self.rank = {n: i for i, n in enumerate(order)}
+        self.bit = {n: 1 << i for i, n in enumerate(graph.nodes)}
+        self.below = graph.descendant_masks(order)
+        self.levelled: set[str] = set()
+
+    def decompose(self, nodes: Sequence[str]) -> Node:
+        """``nodes`` in topological order; returns a Task, Chain or Group (no chords yet)."""
+        if len(nodes) == 1:
+            return Task(nodes[0])
+        parts = self._components(nodes)
+        if len(parts) > 1:
+            return Group(tuple(self.decompose(part) for part in parts))
+        segments = self._series_segments(nodes)
+        if len(segments) == 1:
+            return self._by_levels(nodes)
+        return _chain(self.decompose(seg) for seg in segments)
+
+    def _components(self, nodes: Sequence[str]) -> list[list[str]]:
+        """Weakly connected parts, each in topological order, ordered by first node."""
+        inside = set(nodes)
+        seen: set[str] = set()
+        parts: list[list[str]] = []
+        for start in nodes:
+            if start in seen:
+                continue
+            seen.add(start)
+            stack, part = [start], []
+            while stack:
+                node = stack.pop()
+                part.append(node)
+                for nxt in (*self.graph.succs[node], *self.graph.preds[node]):
+                    if nxt in inside and nxt not in seen:
+                        seen.add(nxt)
+                        stack.append(nxt)
+            parts.append(sorted(part, key=self.rank.__getitem__))
+        return parts
+
+    def _series_segments(self, nodes: Sequence[str]) -> list[list[str]]:
+        """Cut ``nodes`` wherever every step before the cut precedes every step after it.
+
+        Any such cut is a prefix of every topological order, so one pass over the order
+        finds them all: a prefix can be cut off when the steps all its members precede
+        (the intersection of their descendant sets) are exactly the rest.
+        """
+        inside = 0
+        for node in nodes:
+            inside |= self.bit[node]
+        segments: list[list[str]] = []
+        current: list[str] = []
+        common = -1
+        remaining = len(nodes)
+        for node in nodes:
+            current.append(node)
+            remaining -= 1
+            common &= self.below[node] & inside
+            if remaining and common.bit_count() == remaining:
+                segments.append(current)
+                current, common = [], -1
+        segments.append(current)
+        return segments
+
+    def _by_levels(self, nodes: Sequence[str]) -> Node:
+        """Not series-parallel: a chain of groups by depth. Respects every edge; may add
+        waits between steps that do not depend on each other."""
+        self.levelled.update(nodes)
+        inside = set(nodes)
+        depth: dict[str, int] = {}
+        for node in nodes:
+            deps = [depth[d] for d in self.graph.preds[node] if d in inside]
+            depth[node] = 1 + max(deps) if deps else 0
+        levels: list[list[str]] = [[] for _ in range(max(depth.values()) + 1)]
+        for node in nodes:
+            levels[depth[node]].append(node)
+        return _chain(
+            Task(level[0]) if len(level) == 1 else Group(tuple(Task(n) for n in level))
+            for level in levels
+        )
+
+
+def _chain(items: Iterator[Node] | Sequence[Node]) -> Node:
+    flat: list[Node] = []
+    for item in items:
+        flat.extend(item.items if isinstance(item, Chain) else (item,))
+    return flat[0] if len(flat) == 1 else Chain(tuple(flat))
+
+
+def _with_chords(node: Node) -> Node:
+    """A group followed by more work in a chain becomes a chord whose body is the rest."""
+    if isinstance(node, Task):
+        return node
+    if isinstance(node, Group):
+        return Group(tuple(_with_chords(item) for item in node.items))
+    if isinstance(node, Chord):
+        return Chord(tuple(_with_chords(i) for i in node.header), _with_chords(node.body))
+    items = [_with_chords(item) for item in node.items]
+    for i, item in enumerate(items):
+        if isinstance(item, Group) and i < len(items) - 1:
+            rest = items[i + 1 :]
+            body = rest[0] if len(rest) == 1 else _rechain(rest)
+            head = items[:i]
+            chord = Chord(item.items, body)
+            return chord if not head else Chain((*head, chord))
+    return Chain(tuple(items))
+
+
+def _rechain(items: Sequence[Node]) -> Node:
+    return _with_chords(Chain(tuple(items)))
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a canvas back
+
+
+def steps_of(node: Node) -> list[str]:
+    if isinstance(node, Task):
+        return [node.step]
+    if isinstance(node, Chord):
+        return [s for item in node.header for s in steps_of(item)] + steps_of(node.body)
+    return [s for item in node.items for s in steps_of(item)]
+
+
+def happens_before(node: Node) -> set[tuple[str, str]]:
+    """Every (a, b) such that the canvas cannot start b before a has finished."""
+    pairs: set[tuple[str, str]] = set()
+    _collect_order(node, pairs)
+    return pairs
+
+
+def _collect_order(node: Node, pairs: set[tuple[str, str]]) -> None:
+    if isinstance(node, Task):
+        return
+    if isinstance(node, Chord):
+        sequence: Sequence[Node] = (Group(node.header), node.body)
+    elif isinstance(node, Chain):
+        sequence = node.items
+    else:
+        sequence = ()
+        for item in node.items:
+            _collect_order(item, pairs)
+    for i, item in enumerate(sequence):
+        _collect_order(item, pairs)
+        later = [s for nxt in sequence[i + 1 :] for s in steps_of(nxt)]
+        pairs.update((s, t) for s in steps_of(item) for t in later)
+
+
+def first_steps(node: Node) -> list[str]:
+    """The steps the canvas starts with, before anything has finished."""
+    if isinstance(node, Task):
+        return [node.step]
+    if isinstance(node, Chain):
+        return first_steps(node.items[0])
+    if isinstance(node, Chord):
+        return [s for item in node.header for s in first_steps(item)]
+    return [s for item in node.items for s in first_steps(item)]
+
+
+def to_json(node: Node) -> Any:
+    """A JSON-able tree, as ``treadle plan --json`` prints it."""
+    if isinstance(node, Task):
+        return node.step
+    if isinstance(node, Chain):
+        return {"chain": [to_json(i) for i in node.items]}
+    if isinstance(node, Group):
+        return {"group": [to_json(i) for i in node.items]}
+    return {"chord": {"header": [to_json(i) for i in node.header], "body": to_json(node.body)}}
+
+
+def from_json(data: Any) -> Node:
+    """The inverse of :func:`to_json`: a stored canvas back to nodes."""
+    if isinstance(data, str):
+        return Task(data)
+    if "chain" in data:
+        return Chain(tuple(from_json(i) for i in data["chain"]))
+    if "group" in data:
+        return Group(tuple(from_json(i) for i in data["group"]))
+    chord = data["chord"]
+    return Chord(tuple(from_json(i) for i in chord["header"]), from_json(chord["body"]))

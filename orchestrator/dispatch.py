@@ -1,0 +1,94 @@
+"""Turn a compiled canvas into Celery signatures and publish it.
+
+The only module that builds Celery canvas objects. Each step becomes an immutable
+signature of its task with ``(workflow_id, step_id)`` as arguments: steps read their
+inputs from the state store by step id, so no result travels inside a message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery, chain, chord, group
+from celery.canvas import Signature
+
+from config.queues import queue_for
+from orchestrator.compiler import Chain, Chord, Group, Node, Task, first_steps, from_json
+from orchestrator.states import StepState
+from orchestrator.store import Change, Conflict, StateStore
+
+
+def hard_limit_s(soft_s: float) -> float:
+    """The hard time limit that backs a soft one: time for the task to clean up."""
+    return soft_s + max(5.0, soft_s * 0.1)
+
+
+def build_signature(
+    app: Celery,
+    workflow_id: str,
+    node: Node,
+    defs: Mapping[str, Mapping[str, Any]],
+    workflow_priority: str,
+    default_timeout_s: float,
+) -> Signature:
+    def build(n: Node) -> Signature:
+        if isinstance(n, Task):
+            step = defs[n.step]
+            soft = float(step.get("timeout_s") or default_timeout_s)
+            return app.signature(
+                step["task"],
+                args=(workflow_id, n.step),
+                immutable=True,
+                queue=queue_for(step.get("priority") or workflow_priority),
+                soft_time_limit=soft,
+                time_limit=hard_limit_s(soft),
+            )
+        if isinstance(n, Chain):
+            return chain(*(build(i) for i in n.items), app=app)
+        if isinstance(n, Group):
+            return group(*(build(i) for i in n.items), app=app)
+        assert isinstance(n, Chord)
+        return chord(group(*(build(i) for i in n.header), app=app), build(n.body), app=app)
+
+    return build(node)
+
+
+def dispatch(app: Celery, store: StateStore, workflow_id: str, default_timeout_s: float) -> None:
+    """Publish a stored workflow's canvas. Safe to repeat: a step already claimed or
+    finished ignores a second message for it."""
+    fields = store.workflow_fields(workflow_id)
+    canvas = from_json(json.loads(fields["canvas"]))
+    defs = store.step_defs(workflow_id)
+    signature = build_signature(
+        app, workflow_id, canvas, defs, fields["priority"], default_timeout_s
+    )
+    _mark_queued(store, workflow_id, first_steps(canvas))
+    signature.apply_async()
+    store.set_fields(workflow_id, {"dispatched_at": repr(time.time())})
+
+
+def _mark_queued(store: StateStore, workflow_id: str, step_ids: list[str]) -> None:
+    now = time.time()
+    for _ in range(8):
+        records = store.step_records(workflow_id)
+        changes = [
+            Change(
+                sid,
+                StepState.pending.value,
+                StepState.queued.value,
+                {"queued_at": now},
+                {"at": now},
+            )
+            for sid in step_ids
+            if records.get(sid, {}).get("state") == StepState.pending.value
+        ]
+        if not changes:
+            return
+        try:
+            store.apply(workflow_id, changes)
+            return
+        except Conflict:
+            continue

@@ -1,0 +1,52 @@
+"""The one place that knows treadle's Redis key layout.
+
+{p}:wf:{id}            hash   the workflow: name, state, priority, params, counters,
+                              audit_tail (hash of the last audit record), canvas
+{p}:wf:{id}:defs       hash   step id -> the step's definition (JSON, immutable)
+{p}:wf:{id}:steps      hash   step id -> the step's record (JSON: state, attempts, times)
+{p}:wf:{id}:results    hash   step id -> the step's result (JSON, stored once)
+{p}:wf:{id}:audit      list   transition records, each carrying the hash of the one before
+{p}:workflows          zset   workflow id by submission time
+{p}:idem:{key}         string workflow id submitted under an idempotency key
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "treadle"
+
+    def workflow(self, workflow_id: str) -> str:
+        return f"{self.prefix}:wf:{workflow_id}"
+
+    def defs(self, workflow_id: str) -> str:
+        return f"{self.prefix}:wf:{workflow_id}:defs"
+
+    def steps(self, workflow_id: str) -> str:
+        return f"{self.prefix}:wf:{workflow_id}:steps"
+
+    def results(self, workflow_id: str) -> str:
+        return f"{self.prefix}:wf:{workflow_id}:results"
+
+    def audit(self, workflow_id: str) -> str:
+        return f"{self.prefix}:wf:{workflow_id}:audit"
+
+    def of_workflow(self, workflow_id: str) -> list[str]:
+        """Every key that belongs to one workflow."""
+        return [
+            self.workflow(workflow_id),
+            self.defs(workflow_id),
+            self.steps(workflow_id),
+            self.results(workflow_id),
+            self.audit(workflow_id),
+        ]
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:workflows"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"

@@ -1,0 +1,34 @@
+-- Store a new workflow, its steps and its first audit record, all or nothing.
+-- KEYS: 1 workflow hash, 2 defs hash, 3 steps hash, 4 audit list, 5 index zset,
+--       6 idempotency key ('' when the spec has none)
+-- ARGV: 1 workflow id, 2 workflow fields (JSON object), 3 step defs (JSON object id->def),
+--       4 step records (JSON object id->record), 5 first audit record, 6 its hash,
+--       7 submitted_at, 8 ttl seconds for the idempotency key,
+--       9 prefix of workflow hash keys (the key of workflow X is ARGV[9] .. X)
+-- Returns {'created', id} or {'exists', first_id}.
+if KEYS[6] ~= '' then
+  local first = redis.call('GET', KEYS[6])
+  if first and redis.call('EXISTS', ARGV[9] .. first) == 1 then
+    return {'exists', first}
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('workflow ' .. ARGV[1] .. ' already exists')
+end
+local fields = cjson.decode(ARGV[2])
+for name, value in pairs(fields) do
+  redis.call('HSET', KEYS[1], name, value)
+end
+redis.call('HSET', KEYS[1], 'audit_tail', ARGV[6])
+for id, def in pairs(cjson.decode(ARGV[3])) do
+  redis.call('HSET', KEYS[2], id, cjson.encode(def))
+end
+for id, record in pairs(cjson.decode(ARGV[4])) do
+  redis.call('HSET', KEYS[3], id, cjson.encode(record))
+end
+redis.call('RPUSH', KEYS[4], ARGV[5])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+if KEYS[6] ~= '' then
+  redis.call('SET', KEYS[6], ARGV[1], 'EX', ARGV[8])
+end
+return {'created', ARGV[1]}

@@ -1,0 +1,72 @@
+-- Apply a batch of state transitions and append their audit records, all or nothing.
+-- Compare-and-set twice over: the audit chain must still end where the caller read it
+-- (the records were hashed against that tail), and every target must still be in the
+-- state the caller read (the records say "from").
+-- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash
+-- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N, then N times:
+--       target step id ('' = the workflow itself), expected state, new state,
+--       fields to merge (JSON object), audit record (JSON text), result (JSON text or '')
+-- Returns {'ok', steps_done, steps_total, workflow_state}
+--      or {'stale', current_tail} or {'conflict', target, current_state}.
+local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
+                  compensated=true, ['dead-lettered']=true}
+local FAILED = {failed=true, ['dead-lettered']=true}
+local wf, steps, audit, results = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local tail = redis.call('HGET', wf, 'audit_tail') or ''
+if tail ~= ARGV[1] then
+  return {'stale', tail}
+end
+local n = tonumber(ARGV[3])
+local loaded = {}
+for i = 0, n - 1 do
+  local target, expected = ARGV[4 + i * 6], ARGV[5 + i * 6]
+  local current
+  if target == '' then
+    current = redis.call('HGET', wf, 'state') or ''
+  else
+    local raw = redis.call('HGET', steps, target)
+    if not raw then
+      return {'conflict', target, ''}
+    end
+    loaded[i] = cjson.decode(raw)
+    current = loaded[i]['state']
+  end
+  if current ~= expected then
+    return {'conflict', target, current}
+  end
+end
+for i = 0, n - 1 do
+  local base = 4 + i * 6
+  local target, old, new = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+  local fields = cjson.decode(ARGV[base + 3])
+  if target == '' then
+    redis.call('HSET', wf, 'state', new)
+    for name, value in pairs(fields) do
+      redis.call('HSET', wf, name, value)
+    end
+  else
+    local record = loaded[i]
+    for name, value in pairs(fields) do
+      record[name] = value
+    end
+    record['state'] = new
+    redis.call('HSET', steps, target, cjson.encode(record))
+    if ARGV[base + 5] ~= '' then
+      redis.call('HSET', results, target, ARGV[base + 5])
+    end
+    if TERMINAL[new] and not TERMINAL[old] then
+      redis.call('HINCRBY', wf, 'steps_done', 1)
+    end
+    if FAILED[new] and not FAILED[old] then
+      redis.call('HINCRBY', wf, 'steps_failed', 1)
+    end
+    if new == 'running' and redis.call('HGET', wf, 'state') == 'pending' then
+      -- The first step to start starts the workflow; its record says so.
+      redis.call('HSET', wf, 'state', 'running', 'started_at', record['started_at'])
+    end
+  end
+  redis.call('RPUSH', audit, ARGV[base + 4])
+end
+redis.call('HSET', wf, 'audit_tail', ARGV[2])
+local counts = redis.call('HMGET', wf, 'steps_done', 'steps_total', 'state')
+return {'ok', tonumber(counts[1]), tonumber(counts[2]), counts[3]}

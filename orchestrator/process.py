@@ -1,0 +1,66 @@
+"""The orchestrator process: a Celery worker on the ``orchestrator`` queue.
+
+It takes submissions and cancellations sent as messages (so producers in any language
+can submit with a plain Celery message), and runs the recovery sweep on a timer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+
+from config.queues import ORCHESTRATOR_QUEUE
+from config.settings import Settings
+from orchestrator.errors import InvalidInput
+from orchestrator.recovery import sweep
+from orchestrator.service import Orchestrator, with_overrides
+
+log = logging.getLogger("treadle.orchestrator")
+
+SWEEP_INTERVAL_S = 5.0
+
+
+def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
+    orchestrator = Orchestrator.from_settings(settings, redis_url)
+    app = orchestrator.app
+
+    @app.task(name="treadle.submit", queue=ORCHESTRATOR_QUEUE)
+    def submit(
+        spec: dict[str, Any],
+        params: dict[str, Any] | None = None,
+        priority: str | None = None,
+    ) -> dict[str, Any]:
+        try:
+            done = orchestrator.submit(with_overrides(spec, params, priority))
+        except InvalidInput as exc:
+            return {"error": "invalid", "problems": [str(p) for p in exc.problems]}
+        return {"id": done.id, "created": done.created}
+
+    @app.task(name="treadle.cancel", queue=ORCHESTRATOR_QUEUE)
+    def cancel(workflow_id: str) -> dict[str, Any]:
+        return {"id": workflow_id, "state": orchestrator.cancel(workflow_id)}
+
+    class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]
+        requires = {"celery.worker.components:Timer"}
+
+        def __init__(self, worker: Any, **kwargs: Any):
+            super().__init__(worker, **kwargs)
+            self.tref: Any = None
+
+        def start(self, worker: Any) -> None:
+            self.tref = worker.timer.call_repeatedly(SWEEP_INTERVAL_S, self.run, priority=10)
+
+        def stop(self, worker: Any) -> None:
+            if self.tref is not None:
+                self.tref.cancel()
+
+        def run(self) -> None:
+            try:
+                sweep(orchestrator)
+            except Exception:  # the next sweep tries again; the process stays up
+                log.exception("recovery sweep failed")
+
+    app.steps["worker"].add(Sweeper)
+    return app

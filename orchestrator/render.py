@@ -1,0 +1,229 @@
+"""How the CLI shows things: plans, status tables, live progress, summaries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from orchestrator.compiler import Chain, Chord, Node, Task
+from orchestrator.compiler import Group as CanvasGroup
+from orchestrator.planning import Plan
+from orchestrator.states import WORKFLOW_FINAL
+
+StatusReader = Callable[[str], dict[str, Any]]
+
+STATE_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "dead-lettered": "red",
+    "cancelled": "yellow",
+    "skipped": "yellow",
+    "retrying": "magenta",
+    "running": "cyan",
+    "queued": "blue",
+    "pending": "dim",
+}
+
+
+def _state(state: str | None) -> str:
+    state = state or "?"
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def _time(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3] if ts else "-"
+
+
+def _secs(start: float | None, end: float | None) -> str:
+    return f"{end - start:.3f}s" if start and end else "-"
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+def _canvas_tree(node: Node, tree: Tree, tasks: dict[str, str]) -> None:
+    if isinstance(node, Task):
+        tree.add(f"[bold]{node.step}[/] [dim]{tasks.get(node.step, '')}[/]")
+    elif isinstance(node, Chain):
+        branch = tree.add("[cyan]chain[/] (one after another)")
+        for item in node.items:
+            _canvas_tree(item, branch, tasks)
+    elif isinstance(node, CanvasGroup):
+        branch = tree.add("[magenta]group[/] (all at once)")
+        for item in node.items:
+            _canvas_tree(item, branch, tasks)
+    else:
+        assert isinstance(node, Chord)
+        branch = tree.add("[yellow]chord[/] (header in parallel, then body)")
+        header = branch.add("header")
+        for item in node.header:
+            _canvas_tree(item, header, tasks)
+        _canvas_tree(node.body, branch.add("body"), tasks)
+
+
+def plan(console: Console, the_plan: Plan) -> None:
+    wf = the_plan.workflow
+    tree = Tree(f"[bold]{wf.name}[/] ({len(wf.steps)} steps, priority {wf.priority.value})")
+    _canvas_tree(the_plan.compiled.canvas, tree, {s.id: s.task for s in wf.steps})
+    console.print(tree)
+    if the_plan.compiled.exact:
+        console.print("exact: yes (the canvas orders two steps only where the graph does)")
+    else:
+        console.print(
+            "exact: [yellow]no[/] - not series-parallel; compiled by levels, so some of "
+            f"{sorted(the_plan.compiled.levelled)} may wait for steps they do not depend on"
+        )
+    console.print(
+        f"critical path: {' -> '.join(the_plan.critical_path)} ({the_plan.critical_length:g} steps)"
+    )
+    console.print(f"width: {the_plan.width} (most steps that can run at once)")
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def status_table(console: Console, status: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{status['name']}[/] {status['id']}  {_state(status['state'])}  "
+        f"priority {status['priority']}  submitted {_time(status['submitted_at'])}  "
+        f"took {_secs(status['submitted_at'], status['finished_at'])}"
+    )
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("step", "task", "state", "att", "queued", "started", "ran", "worker", "after"):
+        table.add_column(column)
+    for step in status["steps"]:
+        table.add_row(
+            step["id"],
+            step["task"],
+            _state(step["state"]),
+            str(step["attempts"]),
+            _time(step["queued_at"]),
+            _time(step["started_at"]),
+            _secs(step["started_at"], step["finished_at"]),
+            step["worker"] or "-",
+            ", ".join(step["after"]) or "-",
+        )
+    console.print(table)
+    for step in status["steps"]:
+        if step.get("error"):
+            console.print(f"[red]{step['id']}[/]: {step['error']}")
+
+
+def list_table(console: Console, rows: Sequence[dict[str, Any]]) -> None:
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("id", "name", "state", "priority", "steps", "submitted", "took"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["name"],
+            _state(row["state"]),
+            row["priority"],
+            f"{row['steps_done']}/{row['steps_total']}",
+            _time(row["submitted_at"]),
+            _secs(row["submitted_at"], row["finished_at"]),
+        )
+    console.print(table)
+
+
+def watch(console: Console, workflow_id: str, read: StatusReader) -> dict[str, Any]:
+    with Live(console=console, refresh_per_second=8, transient=False) as live:
+        while True:
+            current = read(workflow_id)
+            live.update(_status_renderable(current))
+            if current["state"] in WORKFLOW_FINAL:
+                return current
+            time.sleep(0.25)
+
+
+def _status_renderable(status: dict[str, Any]) -> Table:
+    table = Table(title=f"{status['name']} {status['id']} {status['state']}", show_edge=False)
+    for column in ("step", "state", "att", "ran", "worker"):
+        table.add_column(column)
+    for step in status["steps"]:
+        table.add_row(
+            step["id"],
+            _state(step["state"]),
+            str(step["attempts"]),
+            _secs(step["started_at"], step["finished_at"]),
+            step["worker"] or "-",
+        )
+    return table
+
+
+def follow(
+    console: Console,
+    workflow_ids: Sequence[str],
+    read: StatusReader,
+    timeout_s: float | None = None,
+) -> list[dict[str, Any]]:
+    """A live progress bar of steps done per workflow, until all have ended."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with progress:
+        bars = {}
+        for wid in workflow_ids:
+            first = read(wid)
+            bars[wid] = progress.add_task(
+                f"{first['name']:<28}", total=first["steps_total"], state=_state(first["state"])
+            )
+        while True:
+            statuses = [read(wid) for wid in workflow_ids]
+            for status in statuses:
+                progress.update(
+                    bars[status["id"]],
+                    completed=status["steps_done"],
+                    state=_state(status["state"]),
+                )
+            if all(s["state"] in WORKFLOW_FINAL for s in statuses):
+                return statuses
+            if deadline is not None and time.monotonic() > deadline:
+                console.print(f"[red]gave up waiting after {timeout_s} s[/]")
+                return statuses
+            time.sleep(0.1)
+
+
+def summary(console: Console, statuses: Sequence[dict[str, Any]], labels: Sequence[str]) -> None:
+    table = Table(title="summary", header_style="bold")
+    for column in ("spec", "workflow", "state", "steps", "priority", "took", "workers"):
+        table.add_column(column)
+    for label, status in zip(labels, statuses, strict=True):
+        workers = sorted({s["worker"] for s in status["steps"] if s["worker"]})
+        table.add_row(
+            label,
+            status["name"],
+            _state(status["state"]),
+            f"{status['steps_done']}/{status['steps_total']}",
+            status["priority"],
+            _secs(status["submitted_at"], status["finished_at"]),
+            ", ".join(workers),
+        )
+    console.print(table)
+    ok = sum(s["state"] == "succeeded" for s in statuses)
+    console.print(f"{ok} of {len(statuses)} workflows succeeded")
+
+
+def stack_banner(console: Console, stack: Any, closing: bool = False) -> None:
+    if closing:
+        console.print(f"Flower was at http://127.0.0.1:{stack.flower_port}/ (stopping now)")
+        return
+    console.print(f"[bold]treadle is up[/]  redis: {stack.redis_url}")
+    for child in stack.children:
+        console.print(f"  {child.name:<14} pid {child.process.pid:<8} log {child.log_path}")
+    if stack.flower_port:
+        console.print(f"  Flower: http://127.0.0.1:{stack.flower_port}/")

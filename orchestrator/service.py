@@ -1,0 +1,168 @@
+"""The orchestrator's work: validate, store and dispatch submissions; cancel; recover.
+
+Used in-process by the Python client and the CLI, and by the orchestrator process.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+
+from config.celery_app import make_app, resolve_redis_url
+from config.settings import Settings
+from config.topology import Topology, load_topology
+from orchestrator.compiler import Compiled, compile_graph
+from orchestrator.dag import Graph
+from orchestrator.dispatch import dispatch
+from orchestrator.errors import InvalidInput, Problem, Unreachable
+from orchestrator.keys import Keys
+from orchestrator.model import Workflow
+from orchestrator.states import STEP_NOT_STARTED, WORKFLOW_FINAL, StepState, WorkflowState
+from orchestrator.store import Change, Conflict, StateStore
+from orchestrator.validate import Limits, validate
+from workers.registry import Registry, load_task_modules
+
+
+@dataclass(frozen=True)
+class Submission:
+    id: str
+    created: bool  # False: the idempotency key was used before; ``id`` is the first one
+
+
+def compile_workflow(workflow: Workflow) -> Compiled:
+    return compile_graph(Graph.from_after({s.id: s.after for s in workflow.steps}))
+
+
+def with_overrides(
+    raw: Any, params: Mapping[str, Any] | None = None, priority: str | None = None
+) -> Any:
+    """The spec with ``--param`` values merged into its params and ``--priority`` set."""
+    if not isinstance(raw, Mapping):
+        return raw
+    merged = dict(raw)
+    if params:
+        base = merged.get("params") or {}
+        if not isinstance(base, Mapping):
+            raise InvalidInput(Problem("params", "must be a mapping to take --param values"))
+        merged["params"] = {**base, **params}
+    if priority is not None:
+        merged["priority"] = priority
+    return merged
+
+
+class SpecChecker:
+    """Validation with the task catalog, limits and resources of these settings; needs
+    no Redis, so ``treadle validate`` and ``treadle plan`` work offline."""
+
+    def __init__(self, settings: Settings):
+        self.registry: Registry = load_task_modules(settings.task_module_list())
+        self.topology: Topology = load_topology(settings.topology)
+        self.limits = Limits(
+            max_steps=settings.max_steps,
+            max_params_bytes=settings.max_params_bytes,
+            max_args_bytes=settings.max_args_bytes,
+            max_step_timeout_s=settings.max_step_timeout_s,
+        )
+
+    def check(self, raw: Any, source: str | None = None) -> Workflow:
+        return validate(
+            raw,
+            self.registry,
+            limits=self.limits,
+            resources=self.topology.resources,
+            source=source,
+        )
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, app: Celery, store: StateStore, checker: SpecChecker):
+        self.settings = settings
+        self.app = app
+        self.store = store
+        self.checker = checker
+
+    @classmethod
+    def from_settings(cls, settings: Settings, redis_url: str | None = None) -> Orchestrator:
+        url = redis_url or resolve_redis_url(settings)
+        client = redis.Redis.from_url(url, health_check_interval=30)
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            client.close()
+            raise Unreachable(f"Redis at {_safe_url(url)} cannot be reached: {exc}") from exc
+        return cls(
+            settings,
+            make_app(settings, url),
+            StateStore(client, Keys(settings.key_prefix), state_ttl_s=settings.state_ttl_s),
+            SpecChecker(settings),
+        )
+
+    def close(self) -> None:
+        self.store.redis.close()
+        self.app.close()
+
+    # -- submissions -----------------------------------------------------------------
+
+    def submit(self, raw: Any, source: str | None = None) -> Submission:
+        """Validate, store and dispatch; nothing is written unless all of it is valid."""
+        workflow = self.checker.check(raw, source)
+        compiled = compile_workflow(workflow)
+        workflow_id = uuid.uuid4().hex
+        stored_id, created = self.store.create(workflow_id, workflow, compiled)
+        if created:
+            dispatch(self.app, self.store, stored_id, self.settings.default_step_timeout_s)
+        return Submission(stored_id, created)
+
+    # -- control ---------------------------------------------------------------------
+
+    def cancel(self, workflow_id: str) -> str:
+        """Cancel a workflow: steps not started never start; running steps finish.
+
+        Returns the workflow's state afterwards (unchanged if it had already ended).
+        """
+        for _ in range(16):
+            fields = self.store.workflow_fields(workflow_id)
+            if fields["state"] in WORKFLOW_FINAL:
+                return fields["state"]
+            now = time.time()
+            changes = [
+                Change(
+                    None,
+                    fields["state"],
+                    WorkflowState.cancelled.value,
+                    {"finished_at": repr(now)},
+                    {"at": now, "reason": "cancel requested"},
+                )
+            ]
+            for step_id, record in self.store.step_records(workflow_id).items():
+                if record["state"] in STEP_NOT_STARTED:
+                    changes.append(
+                        Change(
+                            step_id,
+                            record["state"],
+                            StepState.cancelled.value,
+                            {"finished_at": now},
+                            {"at": now, "reason": "workflow cancelled"},
+                        )
+                    )
+            try:
+                self.store.apply(workflow_id, changes, tail=fields.get("audit_tail"))
+            except Conflict:
+                continue
+            self.store.expire(workflow_id)
+            return WorkflowState.cancelled.value
+        raise Unreachable(f"workflow {workflow_id}: too busy to cancel, try again")
+
+
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password, for messages and logs."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,364 @@
+"""The state store: workflows, steps, results and the audit trail in Redis.
+
+Every write of a state goes through one Lua script (``lua/transition.lua``) that changes
+the state and appends its audit record together, so the trail can never disagree with the
+states it explains.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+import redis
+
+from orchestrator import audit
+from orchestrator.compiler import Compiled, to_json
+from orchestrator.errors import NotFound, Unreachable
+from orchestrator.keys import Keys
+from orchestrator.model import Workflow
+from orchestrator.states import StepState, WorkflowState
+
+# Retries of a compare-and-set that lost to a concurrent writer of the same workflow.
+_MAX_STALE_RETRIES = 64
+
+
+def _script(name: str) -> str:
+    return files("orchestrator").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One transition: ``target`` is a step id, or None for the workflow itself."""
+
+    target: str | None
+    expected: str
+    new: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    record: Mapping[str, Any] = field(default_factory=dict)
+    result_json: str | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    steps_done: int
+    steps_total: int
+    workflow_state: str
+
+    @property
+    def complete(self) -> bool:
+        return self.steps_done >= self.steps_total
+
+
+class Conflict(Exception):
+    """A target was not in the state the caller expected; nothing was written."""
+
+    def __init__(self, target: str | None, current: str):
+        self.target = target
+        self.current = current
+        super().__init__(f"{target or 'workflow'} is {current or 'missing'}")
+
+
+@dataclass(frozen=True)
+class StepView:
+    """What the step runtime needs to run one step, read in one round trip."""
+
+    workflow_id: str
+    step_id: str
+    definition: dict[str, Any]
+    record: dict[str, Any]
+    workflow_state: str
+    priority: str
+    on_failure: str
+    params: dict[str, Any]
+    results: dict[str, Any]
+    audit_tail: str
+
+
+class StateStore:
+    def __init__(self, client: redis.Redis, keys: Keys, *, state_ttl_s: int = 30 * 86400):
+        self.redis = client
+        self.keys = keys
+        self.state_ttl_s = state_ttl_s
+        self._create = client.register_script(_script("create_workflow.lua"))
+        self._transition = client.register_script(_script("transition.lua"))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def create(
+        self, workflow_id: str, workflow: Workflow, compiled: Compiled, now: float | None = None
+    ) -> tuple[str, bool]:
+        """Store a new workflow; returns (id, True), or (first id, False) when its
+        idempotency key was used before."""
+        now = time.time() if now is None else now
+        fields = {
+            "id": workflow_id,
+            "name": workflow.name,
+            "state": WorkflowState.pending.value,
+            "priority": workflow.priority.value,
+            "tenant": workflow.tenant or "",
+            "on_failure": workflow.on_failure,
+            "idempotency_key": workflow.idempotency_key or "",
+            "params": json.dumps(workflow.params),
+            "submitted_at": repr(now),
+            "steps_total": len(workflow.steps),
+            "steps_done": 0,
+            "steps_failed": 0,
+            "order": json.dumps([s.id for s in workflow.steps]),
+            "canvas": json.dumps(to_json(compiled.canvas)),
+            "exact": int(compiled.exact),
+        }
+        defs = {s.id: s.to_json() for s in workflow.steps}
+        records = {s.id: {"state": StepState.pending.value, "attempts": 0} for s in workflow.steps}
+        first, tail = audit.seal(
+            {
+                "at": now,
+                "workflow_id": workflow_id,
+                "step_id": None,
+                "from": None,
+                "to": WorkflowState.pending.value,
+                "name": workflow.name,
+                "spec_sha256": audit.sha256_of([s.to_json() for s in workflow.steps]),
+                "params_sha256": audit.sha256_of(workflow.params),
+            },
+            audit.GENESIS,
+        )
+        idem = self.keys.idempotency(workflow.idempotency_key) if workflow.idempotency_key else ""
+        outcome, wid = self._call(
+            self._create,
+            keys=[
+                self.keys.workflow(workflow_id),
+                self.keys.defs(workflow_id),
+                self.keys.steps(workflow_id),
+                self.keys.audit(workflow_id),
+                self.keys.index,
+                idem,
+            ],
+            args=[
+                workflow_id,
+                json.dumps(fields),
+                json.dumps(defs),
+                json.dumps(records),
+                first,
+                tail,
+                repr(now),
+                self.state_ttl_s,
+                self.keys.workflow(""),
+            ],
+        )
+        return _text(wid), _text(outcome) == "created"
+
+    def apply(
+        self, workflow_id: str, changes: Sequence[Change], tail: str | None = None
+    ) -> Applied:
+        """Apply ``changes`` atomically; raises Conflict if a target moved on meanwhile.
+
+        ``tail`` is the audit tail the caller last saw (a guess; a stale guess costs one
+        more round trip, never a wrong chain).
+        """
+        keys = [
+            self.keys.workflow(workflow_id),
+            self.keys.steps(workflow_id),
+            self.keys.audit(workflow_id),
+            self.keys.results(workflow_id),
+        ]
+        if tail is None:
+            tail = _text(self.redis.hget(keys[0], "audit_tail") or b"")
+        for _ in range(_MAX_STALE_RETRIES):
+            args: list[Any] = []
+            prev = tail
+            for change in changes:
+                text, prev = audit.seal(
+                    {
+                        "workflow_id": workflow_id,
+                        "step_id": change.target,
+                        "from": change.expected,
+                        "to": change.new,
+                        **change.record,
+                    },
+                    prev,
+                )
+                args += [
+                    change.target or "",
+                    change.expected,
+                    change.new,
+                    json.dumps(change.fields),
+                    text,
+                    change.result_json or "",
+                ]
+            reply = self._call(self._transition, keys=keys, args=[tail, prev, len(changes), *args])
+            status = _text(reply[0])
+            if status == "ok":
+                return Applied(int(reply[1] or 0), int(reply[2] or 0), _text(reply[3]))
+            if status == "stale":
+                tail = _text(reply[1])
+                continue
+            raise Conflict(_text(reply[1]) or None, _text(reply[2]))
+        raise Unreachable(f"workflow {workflow_id}: audit chain too contended to append to")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def load_step(self, workflow_id: str, step_id: str) -> StepView:
+        """The step's definition and record, its workflow, and its dependencies' results."""
+        k = self.keys
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(k.defs(workflow_id), step_id)
+            pipe.hget(k.steps(workflow_id), step_id)
+            pipe.hmget(
+                k.workflow(workflow_id), "state", "priority", "on_failure", "params", "audit_tail"
+            )
+            raw_def, raw_record, wf = self._execute(pipe)
+        if raw_def is None or raw_record is None or wf[0] is None:
+            raise NotFound(f"workflow {workflow_id} has no step {step_id!r}")
+        definition = json.loads(raw_def)
+        deps = definition.get("after") or []
+        results: dict[str, Any] = {}
+        if deps:
+            values = self._guard(lambda: self.redis.hmget(k.results(workflow_id), deps))
+            results = {d: json.loads(v) for d, v in zip(deps, values, strict=True) if v is not None}
+        return StepView(
+            workflow_id=workflow_id,
+            step_id=step_id,
+            definition=definition,
+            record=json.loads(raw_record),
+            workflow_state=_text(wf[0]),
+            priority=_text(wf[1]),
+            on_failure=_text(wf[2]),
+            params=json.loads(wf[3] or b"{}"),
+            results=results,
+            audit_tail=_text(wf[4] or b""),
+        )
+
+    def workflow_fields(self, workflow_id: str) -> dict[str, str]:
+        raw = self._guard(lambda: self.redis.hgetall(self.keys.workflow(workflow_id)))
+        if not raw:
+            raise NotFound(f"no workflow {workflow_id!r}")
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def step_records(self, workflow_id: str) -> dict[str, dict[str, Any]]:
+        raw = self._guard(lambda: self.redis.hgetall(self.keys.steps(workflow_id)))
+        return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    def step_defs(self, workflow_id: str) -> dict[str, dict[str, Any]]:
+        raw = self._guard(lambda: self.redis.hgetall(self.keys.defs(workflow_id)))
+        return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    def results(self, workflow_id: str) -> dict[str, Any]:
+        raw = self._guard(lambda: self.redis.hgetall(self.keys.results(workflow_id)))
+        return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    def status(self, workflow_id: str) -> dict[str, Any]:
+        """The ``treadle status --json`` object."""
+        wf = self.workflow_fields(workflow_id)
+        records = self.step_records(workflow_id)
+        defs = self.step_defs(workflow_id)
+        steps = []
+        for step_id in json.loads(wf["order"]):
+            record, definition = records.get(step_id, {}), defs.get(step_id, {})
+            steps.append(
+                {
+                    "id": step_id,
+                    "task": definition.get("task"),
+                    "state": record.get("state"),
+                    "attempts": record.get("attempts", 0),
+                    "queued_at": record.get("queued_at"),
+                    "started_at": record.get("started_at"),
+                    "finished_at": record.get("finished_at"),
+                    "worker": record.get("worker"),
+                    "after": definition.get("after", []),
+                    "priority": definition.get("priority") or wf["priority"],
+                    "error": record.get("error"),
+                }
+            )
+        return {
+            "id": wf["id"],
+            "name": wf["name"],
+            "state": wf["state"],
+            "priority": wf["priority"],
+            "tenant": wf.get("tenant") or None,
+            "submitted_at": _float(wf.get("submitted_at")),
+            "started_at": _float(wf.get("started_at")),
+            "finished_at": _float(wf.get("finished_at")),
+            "steps_total": int(wf.get("steps_total", 0)),
+            "steps_done": int(wf.get("steps_done", 0)),
+            "error": wf.get("error") or None,
+            "steps": steps,
+        }
+
+    def summaries(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Newest first: id, name, state, priority, times, progress."""
+        ids = self._guard(lambda: self.redis.zrevrange(self.keys.index, 0, -1))
+        fields = ("id", "name", "state", "priority", "submitted_at", "finished_at")
+        counts = ("steps_done", "steps_total")
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for wid in batch:
+                    pipe.hmget(self.keys.workflow(_text(wid)), *fields, *counts)
+                rows = self._execute(pipe)
+            for row in rows:
+                if row[0] is None:
+                    continue
+                item: dict[str, Any] = {f: _text(v) for f, v in zip(fields, row, strict=False)}
+                item["submitted_at"] = _float(item["submitted_at"])
+                item["finished_at"] = _float(item["finished_at"])
+                item["steps_done"], item["steps_total"] = int(row[6] or 0), int(row[7] or 0)
+                if state is None or item["state"] == state:
+                    out.append(item)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    def audit_entries(self, workflow_id: str) -> tuple[list[str], str]:
+        """The stored audit texts in order, and the tail hash the workflow points to."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(self.keys.audit(workflow_id), 0, -1)
+            pipe.hget(self.keys.workflow(workflow_id), "audit_tail")
+            entries, tail = self._execute(pipe)
+        if tail is None:
+            raise NotFound(f"no workflow {workflow_id!r}")
+        return [_text(e) for e in entries], _text(tail)
+
+    def set_fields(self, workflow_id: str, fields: Mapping[str, Any]) -> None:
+        """Bookkeeping fields that are not states (no audit record needed)."""
+        self._guard(lambda: self.redis.hset(self.keys.workflow(workflow_id), mapping=fields))
+
+    def expire(self, workflow_id: str) -> None:
+        """Finished workflows stay readable for ``state_ttl_s``, then Redis drops them."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in self.keys.of_workflow(workflow_id):
+                pipe.expire(key, self.state_ttl_s)
+            self._execute(pipe)
+
+    def ids(self) -> Iterable[str]:
+        return [_text(i) for i in self._guard(lambda: self.redis.zrange(self.keys.index, 0, -1))]
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return self._guard(lambda: script(keys=keys, args=args))
+
+    def _execute(self, pipe: Any) -> list[Any]:
+        return self._guard(pipe.execute)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _guard(call: Any) -> Any:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Unreachable(f"Redis cannot be reached: {exc}") from exc
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if value not in (None, "", b"") else None

@@ -1,0 +1,205 @@
+"""Check a workflow spec and report every problem at once, each with its location.
+
+Pure: the task catalog, limits and resource names are passed in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.dag import CycleError, Graph
+from orchestrator.errors import InvalidInput, Problem
+from orchestrator.model import (
+    ParallelBlock,
+    SequentialBlock,
+    StageItem,
+    Workflow,
+    WorkflowSpec,
+    normalise,
+)
+
+
+class TaskCatalog(Protocol):
+    def __contains__(self, name: object) -> bool: ...
+    def names(self) -> list[str]: ...
+    def argument_problems(
+        self, name: str, args: Mapping[str, Any], where: str
+    ) -> list[Problem]: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int = 20_000
+    max_params_bytes: int = 256 * 1024
+    max_args_bytes: int = 64 * 1024
+    max_step_timeout_s: float = 3600.0
+
+
+def load_spec_text(text: str, source: str) -> Any:
+    """Parse JSON or YAML text; a syntax error is bad input with its line."""
+    stripped = text.lstrip()
+    try:
+        if stripped.startswith(("{", "[")) or source.endswith(".json"):
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            Problem(f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}"),
+            source,
+        ) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise InvalidInput(Problem(where, f"not valid YAML: {reason}"), source) from exc
+
+
+def load_spec_file(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(Problem("", f"cannot read: {exc.strerror}"), str(path)) from exc
+    return load_spec_text(text, str(path))
+
+
+def validate(
+    raw: Any,
+    catalog: TaskCatalog,
+    *,
+    limits: Limits = Limits(),
+    resources: Iterable[str] = (),
+    source: str | None = None,
+) -> Workflow:
+    """The normalised workflow, or InvalidInput listing every problem found."""
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(Problem("", "a workflow spec must be a mapping (object)"), source)
+    try:
+        spec = WorkflowSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput([_shape_problem(err) for err in exc.errors()], source) from exc
+
+    problems: list[Problem] = []
+    if spec.stages is not None:
+        problems.extend(_empty_blocks(spec.stages, "stages"))
+    workflow = normalise(spec)
+    problems.extend(_size_problems(workflow, limits))
+    problems.extend(_identity_problems(workflow))
+    problems.extend(_step_problems(workflow, catalog, limits, set(resources)))
+    if spec.on_failure == "compensate":
+        problems.append(
+            Problem("on_failure", "'compensate' is not supported by this version; use 'stop'")
+        )
+    if not problems:
+        problems.extend(_cycle_problems(workflow))
+    if problems:
+        raise InvalidInput(problems, source)
+    return workflow
+
+
+def _shape_problem(err: Any) -> Problem:
+    where = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif part in ("SequentialBlock", "ParallelBlock", "StageStep"):
+            # pydantic names the union member it tried; users did not write it.
+            continue
+        else:
+            where += f".{part}" if where else str(part)
+    what = err["msg"]
+    if err["type"] == "extra_forbidden":
+        what = "unknown field"
+    return Problem(where, what)
+
+
+def _empty_blocks(items: list[StageItem], where: str) -> Iterable[Problem]:
+    if not items:
+        yield Problem(where, "empty block: a block needs at least one step")
+    for i, item in enumerate(items):
+        if isinstance(item, SequentialBlock):
+            yield from _empty_blocks(item.sequential, f"{where}[{i}].sequential")
+        elif isinstance(item, ParallelBlock):
+            yield from _empty_blocks(item.parallel, f"{where}[{i}].parallel")
+
+
+def _size_problems(workflow: Workflow, limits: Limits) -> Iterable[Problem]:
+    if not workflow.steps:
+        yield Problem("steps", "the workflow has no steps")
+    if len(workflow.steps) > limits.max_steps:
+        yield Problem("steps", f"{len(workflow.steps)} steps; at most {limits.max_steps}")
+    size = _json_size(workflow.params)
+    if size > limits.max_params_bytes:
+        yield Problem("params", f"{size} bytes of JSON; at most {limits.max_params_bytes}")
+    for step in workflow.steps:
+        size = _json_size(step.args)
+        if size > limits.max_args_bytes:
+            yield Problem(
+                f"{step.where}.args", f"{size} bytes of JSON; at most {limits.max_args_bytes}"
+            )
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def _identity_problems(workflow: Workflow) -> Iterable[Problem]:
+    first_at: dict[str, str] = {}
+    for step in workflow.steps:
+        if step.id in first_at:
+            yield Problem(
+                f"{step.where}.id", f"duplicate step id {step.id!r} (first at {first_at[step.id]})"
+            )
+        else:
+            first_at.setdefault(step.id, step.where)
+    for step in workflow.steps:
+        for dep in step.after:
+            if dep not in first_at:
+                yield Problem(f"{step.where}.after", f"unknown step {dep!r}{_hint(dep, first_at)}")
+
+
+def _step_problems(
+    workflow: Workflow, catalog: TaskCatalog, limits: Limits, resources: set[str]
+) -> Iterable[Problem]:
+    for step in workflow.steps:
+        if step.task not in catalog:
+            yield Problem(
+                f"{step.where}.task",
+                f"unknown task {step.task!r}{_hint(step.task, catalog.names())}",
+            )
+        else:
+            yield from catalog.argument_problems(step.task, step.args, f"{step.where}.args")
+        if step.compensate is not None and step.compensate not in catalog:
+            yield Problem(f"{step.where}.compensate", f"unknown task {step.compensate!r}")
+        if step.timeout_s is not None and step.timeout_s > limits.max_step_timeout_s:
+            yield Problem(
+                f"{step.where}.timeout_s",
+                f"{step.timeout_s} s is longer than the longest allowed "
+                f"({limits.max_step_timeout_s} s, TREADLE_MAX_STEP_TIMEOUT_S)",
+            )
+        for i, name in enumerate(step.resources):
+            if name not in resources:
+                yield Problem(
+                    f"{step.where}.resources[{i}]",
+                    f"unknown resource {name!r}{_hint(name, resources)}",
+                )
+
+
+def _cycle_problems(workflow: Workflow) -> Iterable[Problem]:
+    graph = Graph.from_after({s.id: s.after for s in workflow.steps})
+    try:
+        graph.topological_order()
+    except CycleError as exc:
+        yield Problem("", str(exc))
+
+
+def _hint(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

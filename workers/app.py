@@ -1,0 +1,93 @@
+"""A worker's Celery app: every registered task, wrapped by the step runtime."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.signals import before_task_publish
+
+from config.celery_app import make_app
+from config.settings import Settings
+from orchestrator.keys import Keys
+from orchestrator.states import StepState
+from orchestrator.store import Change, Conflict, StateStore
+from workers.hooks import LogHook
+from workers.registry import Registry, load_task_modules
+from workers.runtime import StepRuntime
+
+log = logging.getLogger("treadle.worker")
+
+
+class _PerProcess:
+    """One store (and so one Redis connection pool) per process: prefork children must
+    not share the parent's sockets."""
+
+    def __init__(self, url: str, settings: Settings, registry: Registry):
+        self.url, self.settings, self.registry = url, settings, registry
+        self._pid = -1
+        self._runtime: StepRuntime | None = None
+
+    @property
+    def runtime(self) -> StepRuntime:
+        if self._runtime is None or self._pid != os.getpid():
+            client = redis.Redis.from_url(self.url, health_check_interval=30)
+            store = StateStore(
+                client, Keys(self.settings.key_prefix), state_ttl_s=self.settings.state_ttl_s
+            )
+            self._runtime = StepRuntime(store, self.registry, hooks=[LogHook()])
+            self._pid = os.getpid()
+        return self._runtime
+
+
+def make_worker_app(settings: Settings, redis_url: str) -> Celery:
+    app = make_app(settings, redis_url)
+    registry = load_task_modules(settings.task_module_list())
+    holder = _PerProcess(redis_url, settings, registry)
+
+    for definition in registry:
+        _register(app, definition.name, holder)
+
+    def mark_queued(sender: str | None = None, body: Any = None, **_: Any) -> None:
+        # Celery publishes the next links of chains and chord bodies from inside workers:
+        # record the moment each step enters its queue, before a worker can take it.
+        if sender not in registry or not isinstance(body, (list, tuple)) or not body:
+            return
+        args = body[0]
+        if not isinstance(args, (list, tuple)) or len(args) != 2:
+            return
+        workflow_id, step_id = args
+        now = time.time()
+        try:
+            holder.runtime.store.apply(
+                workflow_id,
+                [
+                    Change(
+                        step_id,
+                        StepState.pending.value,
+                        StepState.queued.value,
+                        {"queued_at": now},
+                        {"at": now, "task": sender},
+                    )
+                ],
+            )
+        except Conflict:
+            pass  # already queued, claimed or settled: nothing to add
+        except Exception:  # publishing must go on even if the record cannot be written
+            log.exception("could not record workflow %s step %s as queued", workflow_id, step_id)
+
+    before_task_publish.connect(mark_queued, weak=False)
+    app.treadle_runtime = holder  # for tests and the orchestrator's in-process use
+    return app
+
+
+def _register(app: Celery, name: str, holder: _PerProcess) -> None:
+    def run(self: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
+        return holder.runtime.execute(self, workflow_id, step_id)
+
+    run.__name__ = run.__qualname__ = name.replace(".", "_")
+    app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)(run)

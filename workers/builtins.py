@@ -1,0 +1,44 @@
+"""Tasks every worker has: for tests, benchmarks, simulations and smoke checks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from orchestrator.errors import Permanent, StepError
+from workers.context import StepContext
+from workers.registry import task
+
+
+class InjectedFailure(StepError):
+    """What ``treadle.fail`` raises on the attempts it is told to fail."""
+
+
+@task(name="treadle.noop")
+def noop() -> None:
+    return None
+
+
+@task(name="treadle.sleep")
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@task(name="treadle.echo")
+def echo(value: Any = None) -> Any:
+    return value
+
+
+@task(name="treadle.fail")
+def fail(ctx: StepContext, times: int = 1, permanent: bool = False) -> int:
+    """Raise on the first ``times`` attempts, then return the attempt that succeeded."""
+    if ctx.attempt <= times:
+        error = Permanent if permanent else InjectedFailure
+        raise error(f"treadle.fail: attempt {ctx.attempt} of the first {times} fails")
+    return ctx.attempt
+
+
+@task(name="treadle.items")
+def items(n: int) -> list[int]:
+    return list(range(n))

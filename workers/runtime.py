@@ -1,0 +1,320 @@
+"""The step runtime: what happens around every call of a task function.
+
+claim (record ``running``) -> call the function with params, args and the results of its
+dependencies -> record the outcome (``succeeded``, ``retrying`` or ``failed``) -> finish
+the workflow when its last step ends. Every record is written through the state store,
+so a duplicate or stale message can never run a step twice or undo a final state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from pydantic import ValidationError
+
+from orchestrator import audit
+from orchestrator.errors import Permanent, StepError
+from orchestrator.model import RetryPolicy
+from orchestrator.states import STEP_FINAL, STEP_NOT_STARTED, WORKFLOW_FINAL, StepState
+from orchestrator.store import Applied, Change, Conflict, StateStore, StepView
+from workers.context import StepContext
+from workers.hooks import StepCall, StepHook
+from workers.registry import Registry, TaskDefinition
+
+log = logging.getLogger("treadle.runtime")
+
+_CLAIMABLE = frozenset({StepState.pending, StepState.queued, StepState.retrying})
+_CLAIM_ATTEMPTS = 8
+_ERROR_CHARS = 2000
+
+
+class StepFailed(StepError):
+    """Raised to Celery when a step has failed for good, so that its chain stops."""
+
+
+@dataclass
+class _Attempt:
+    view: StepView
+    definition: TaskDefinition
+    call: StepCall
+
+
+class StepRuntime:
+    def __init__(self, store: StateStore, registry: Registry, hooks: Sequence[StepHook] = ()):
+        self.store = store
+        self.registry = registry
+        self.hooks = list(hooks)
+
+    def execute(self, task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
+        """Run one step for the Celery task ``task``; what Celery stores as its result."""
+        attempt = self._claim(task, workflow_id, step_id)
+        for hook in self.hooks:
+            hook.before_run(attempt.call)
+        started = time.monotonic()
+        try:
+            result_json = self._call_function(attempt)
+        except Exception as exc:  # any failure of user code is the step's failure
+            self._fail(task, attempt, exc, time.monotonic() - started)
+            raise  # _fail raises Retry or StepFailed; this keeps type checkers honest
+        elapsed = time.monotonic() - started
+        applied = self._record(
+            attempt,
+            StepState.succeeded,
+            {"finished_at": time.time(), "output_sha256": _sha256_text(result_json), "error": None},
+            result_json=result_json,
+        )
+        self._after(lambda h: h.after_success(attempt.call, result_json, elapsed))
+        if applied.complete:
+            self._finish_workflow(workflow_id)
+        return {"workflow_id": workflow_id, "step_id": step_id, "state": "succeeded"}
+
+    # -- claiming ----------------------------------------------------------------------
+
+    def _claim(self, task: Task, workflow_id: str, step_id: str) -> _Attempt:
+        for _ in range(_CLAIM_ATTEMPTS):
+            view = self.store.load_step(workflow_id, step_id)
+            state = StepState(view.record["state"])
+            if state in STEP_FINAL:
+                # Already decided (a duplicate message, or stopped by cancel or policy):
+                # acknowledge without running and without continuing the chain.
+                raise Ignore()
+            if view.workflow_state in WORKFLOW_FINAL:
+                self._stop_unstarted(view)
+                raise Ignore()
+            redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+            if state == StepState.running and not redelivered:
+                # Another copy of this message is running it right now.
+                raise Ignore()
+            definition = self.registry.get(task.name)
+            if definition is None:  # the worker app registers only known tasks
+                raise Ignore()
+            attempt_no = int(view.record.get("attempts", 0)) + 1
+            worker = task.request.hostname or ""
+            input_sha = audit.sha256_of(
+                {
+                    "params": view.params,
+                    "args": view.definition.get("args", {}),
+                    "results": view.results,
+                }
+            )
+            now = time.time()
+            fields: dict[str, Any] = {
+                "attempts": attempt_no,
+                "started_at": now,
+                "worker": worker,
+                "task_id": task.request.id,
+                "input_sha256": input_sha,
+                "finished_at": None,
+            }
+            if "queued_at" not in view.record:
+                fields["queued_at"] = now
+            record = {
+                "at": now,
+                "task": task.name,
+                "attempt": attempt_no,
+                "worker": worker,
+                "input_sha256": input_sha,
+            }
+            if state == StepState.running:
+                record["note"] = "previous attempt lost (message redelivered)"
+            try:
+                self.store.apply(
+                    workflow_id,
+                    [Change(step_id, state.value, StepState.running.value, fields, record)],
+                    tail=view.audit_tail,
+                )
+            except Conflict:
+                continue  # it moved on between our read and our write: look again
+            call = StepCall(
+                workflow_id=workflow_id,
+                step_id=step_id,
+                task=task.name,
+                attempt=attempt_no,
+                pool=view.definition.get("priority") or view.priority,
+                worker=worker,
+            )
+            return _Attempt(view, definition, call)
+        raise Ignore()
+
+    def _stop_unstarted(self, view: StepView) -> None:
+        """The workflow already ended (cancelled or failed): this step will never run."""
+        new = StepState.cancelled if view.workflow_state == "cancelled" else StepState.skipped
+        record = {"at": time.time(), "reason": f"workflow is {view.workflow_state}"}
+        with contextlib.suppress(Conflict):  # someone else settled it
+            self.store.apply(
+                view.workflow_id,
+                [
+                    Change(
+                        view.step_id,
+                        view.record["state"],
+                        new.value,
+                        {"finished_at": time.time()},
+                        record,
+                    )
+                ],
+            )
+
+    # -- running -----------------------------------------------------------------------
+
+    def _call_function(self, attempt: _Attempt) -> str:
+        view, definition = attempt.view, attempt.definition
+        try:
+            kwargs = definition.bind(view.definition.get("args") or {})
+        except ValidationError as exc:
+            raise Permanent(f"arguments do not fit {definition.name}: {exc}") from exc
+        if definition.wants_context:
+            kwargs["ctx"] = StepContext(
+                workflow_id=view.workflow_id,
+                step_id=view.step_id,
+                task=definition.name,
+                attempt=attempt.call.attempt,
+                params=view.params,
+                results=view.results,
+                priority=attempt.call.pool,
+                worker=attempt.call.worker,
+            )
+        result = definition.func(**kwargs)
+        try:
+            return json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            raise Permanent(f"{definition.name} returned a value that is not JSON: {exc}") from exc
+
+    # -- recording ---------------------------------------------------------------------
+
+    def _record(
+        self,
+        attempt: _Attempt,
+        new: StepState,
+        fields: dict[str, Any],
+        result_json: str | None = None,
+        extra: Sequence[Change] = (),
+    ) -> Applied:
+        call = attempt.call
+        record = {
+            "at": time.time(),
+            "task": call.task,
+            "attempt": call.attempt,
+            "worker": call.worker,
+            **{k: fields[k] for k in ("output_sha256", "error") if fields.get(k) is not None},
+        }
+        change = Change(
+            call.step_id, StepState.running.value, new.value, fields, record, result_json
+        )
+        return self.store.apply(call.workflow_id, [change, *extra], tail=None)
+
+    def _fail(self, task: Task, attempt: _Attempt, exc: BaseException, elapsed: float) -> None:
+        policy = self._policy(attempt)
+        permanent = isinstance(exc, Permanent)
+        retry = not permanent and attempt.call.attempt < policy.max_attempts
+        error = _describe(exc)
+        self._after(lambda h: h.after_failure(attempt.call, exc, elapsed, retry))
+        if retry:
+            delay = policy.delay_s(attempt.call.attempt, random.random())
+            self._record(
+                attempt,
+                StepState.retrying,
+                {"error": error, "next_attempt_at": time.time() + delay},
+            )
+            raise task.retry(countdown=delay, max_retries=None, exc=exc)
+        applied = self._fail_for_good(attempt, error, exc)
+        if applied.complete:
+            self._finish_workflow(attempt.call.workflow_id)
+        raise StepFailed(
+            f"workflow {attempt.call.workflow_id} step {attempt.call.step_id} "
+            f"({attempt.call.task}) failed after {attempt.call.attempt} attempt(s): {error}"
+        ) from exc
+
+    def _fail_for_good(self, attempt: _Attempt, error: str, exc: BaseException) -> Applied:
+        """Record the failure and, under ``on_failure: stop``, skip every step not yet
+        started (running branches finish; nothing new starts)."""
+        fields = {
+            "error": error,
+            "traceback": "".join(traceback.format_exception(exc))[-_ERROR_CHARS * 2 :],
+            "finished_at": time.time(),
+        }
+        for _ in range(_CLAIM_ATTEMPTS):
+            records = self.store.step_records(attempt.call.workflow_id)
+            reason = f"step {attempt.call.step_id} failed"
+            skips = [
+                Change(
+                    sid,
+                    rec["state"],
+                    StepState.skipped.value,
+                    {"finished_at": time.time()},
+                    {"at": time.time(), "reason": reason},
+                )
+                for sid, rec in records.items()
+                if sid != attempt.call.step_id and rec["state"] in STEP_NOT_STARTED
+            ]
+            try:
+                return self._record(attempt, StepState.failed, fields, extra=skips)
+            except Conflict as conflict:
+                if conflict.target == attempt.call.step_id:
+                    raise
+        return self._record(attempt, StepState.failed, fields)
+
+    def _policy(self, attempt: _Attempt) -> RetryPolicy:
+        own = attempt.view.definition.get("retry")
+        if own:
+            return RetryPolicy.model_validate(own)
+        return attempt.definition.retry or RetryPolicy(max_attempts=1)
+
+    def _finish_workflow(self, workflow_id: str) -> None:
+        finish_workflow(self.store, workflow_id)
+
+    def _after(self, hook_call: Any) -> None:
+        for hook in reversed(self.hooks):
+            try:
+                hook_call(hook)
+            except Exception:  # a broken hook must not fail a step that already ran
+                log.exception("step hook %s failed", type(hook).__name__)
+
+
+def finish_workflow(store: StateStore, workflow_id: str) -> str | None:
+    """Move a workflow whose steps have all ended to its final state; idempotent.
+
+    Returns the final state, or None if the workflow is not complete or already final.
+    """
+    wf = store.workflow_fields(workflow_id)
+    if wf["state"] in WORKFLOW_FINAL or int(wf["steps_done"]) < int(wf["steps_total"]):
+        return None
+    new = "failed" if int(wf.get("steps_failed", 0)) else "succeeded"
+    now = time.time()
+    try:
+        store.apply(
+            workflow_id,
+            [
+                Change(
+                    None,
+                    wf["state"],
+                    new,
+                    {"finished_at": repr(now)},
+                    {"at": now, "steps_failed": int(wf.get("steps_failed", 0))},
+                )
+            ],
+            tail=wf.get("audit_tail"),
+        )
+    except Conflict:
+        return None
+    store.expire(workflow_id)
+    return new
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "timed out (soft time limit)"
+    return f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
+
+
+def _sha256_text(text: str) -> str:
+    return audit.sha256_of(json.loads(text))
