@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,6 +47,13 @@ class Settings(BaseSettings):
         default=30 * 24 * 3600, gt=0, description="How long finished workflows stay in Redis."
     )
 
+    sweep_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the orchestrator looks for stranded work."
+    )
+    recovery_after_s: float = Field(
+        default=10.0, gt=0, description="A stored workflow not dispatched by then is stranded."
+    )
+
     worker_max_tasks_per_child: int = Field(default=10_000, ge=0)
     flower_port: int = Field(default=5555, ge=0, le=65535)
 
@@ -65,6 +74,15 @@ class Settings(BaseSettings):
         return [m.strip() for m in self.task_modules.split(",") if m.strip()]
 
 
+def unknown_environment_names(environ: Mapping[str, str]) -> list[str]:
+    """``TREADLE_*`` variables that name no setting: a typo must not be silently ignored."""
+    known = {f"TREADLE_{name.upper()}" for name in Settings.model_fields}
+    return sorted(k for k in environ if k.upper().startswith("TREADLE_") and k.upper() not in known)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    unknown = unknown_environment_names(os.environ)
+    if unknown:
+        raise ValueError(f"unknown settings in the environment: {', '.join(unknown)}")
     return Settings()

@@ -22,8 +22,8 @@ from config.topology import PRIORITY_ORDER, PriorityClass, TopologyError, load_t
 from orchestrator import render
 from orchestrator.errors import InvalidInput, TreadleError, WorkflowFailed
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 PRIORITIES = click.Choice([p.value for p in PRIORITY_ORDER])
 
@@ -31,9 +31,13 @@ PRIORITIES = click.Choice([p.value for p in PRIORITY_ORDER])
 def _settings() -> Settings:
     try:
         return get_settings()
-    except ValidationError as exc:
+    except ValueError as exc:
+        if not isinstance(exc, ValidationError):
+            raise InvalidInput(str(exc)) from exc
         problems = [
             f"TREADLE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else f"settings: {e['msg']}"
             for e in exc.errors()
         ]
         raise InvalidInput("\n".join(problems) or str(exc)) from exc

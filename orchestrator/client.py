@@ -8,6 +8,7 @@ with Client.connect() as client:
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,13 +93,13 @@ class Client:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
-    def list(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def list(self, state: str | None = None, limit: int = 1000) -> builtins.list[dict[str, Any]]:
         return self.orchestrator.store.summaries(state, limit)
 
     def cancel(self, workflow_id: str) -> str:
         return self.orchestrator.cancel(workflow_id)
 
-    def audit_chain_problems(self, workflow_id: str) -> list[str]:
+    def audit_chain_problems(self, workflow_id: str) -> builtins.list[str]:
         """Where the stored audit chain was changed or cut (empty when intact)."""
         entries, tail = self.orchestrator.store.audit_entries(workflow_id)
         return chain_problems(entries, tail)

@@ -38,7 +38,7 @@ class RetryPolicy(_Spec):
 
     def delay_s(self, attempt: int, random_fraction: float) -> float:
         """Delay before attempt ``attempt + 1``: exponential, capped, full jitter."""
-        ceiling = min(self.backoff_max_s, self.backoff_s * (2 ** max(attempt - 1, 0)))
+        ceiling = min(self.backoff_max_s, self.backoff_s * 2.0 ** max(attempt - 1, 0))
         return ceiling * random_fraction if self.jitter else ceiling
 
 

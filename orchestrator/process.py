@@ -19,8 +19,6 @@ from orchestrator.service import Orchestrator, with_overrides
 
 log = logging.getLogger("treadle.orchestrator")
 
-SWEEP_INTERVAL_S = 5.0
-
 
 def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
     orchestrator = Orchestrator.from_settings(settings, redis_url)
@@ -50,7 +48,9 @@ def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
             self.tref: Any = None
 
         def start(self, worker: Any) -> None:
-            self.tref = worker.timer.call_repeatedly(SWEEP_INTERVAL_S, self.run, priority=10)
+            self.tref = worker.timer.call_repeatedly(
+                settings.sweep_interval_s, self.run, priority=10
+            )
 
         def stop(self, worker: Any) -> None:
             if self.tref is not None:
@@ -58,7 +58,7 @@ def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
 
         def run(self) -> None:
             try:
-                sweep(orchestrator)
+                sweep(orchestrator, settings.recovery_after_s)
             except Exception:  # the next sweep tries again; the process stays up
                 log.exception("recovery sweep failed")
 

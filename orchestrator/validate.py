@@ -97,8 +97,7 @@ def validate(
         problems.append(
             Problem("on_failure", "'compensate' is not supported by this version; use 'stop'")
         )
-    if not problems:
-        problems.extend(_cycle_problems(workflow))
+    problems.extend(_cycle_problems(workflow))
     if problems:
         raise InvalidInput(problems, source)
     return workflow
@@ -193,7 +192,13 @@ def _step_problems(
 
 
 def _cycle_problems(workflow: Workflow) -> Iterable[Problem]:
-    graph = Graph.from_after({s.id: s.after for s in workflow.steps})
+    # Checked even when other problems were found: edges to unknown steps are left out and
+    # a duplicated id keeps its first definition, so every cycle is still reported.
+    after: dict[str, tuple[str, ...]] = {}
+    for step in workflow.steps:
+        after.setdefault(step.id, step.after)
+    after = {sid: tuple(d for d in deps if d in after) for sid, deps in after.items()}
+    graph = Graph.from_after(after)
     try:
         graph.topological_order()
     except CycleError as exc:

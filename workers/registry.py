@@ -11,7 +11,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -48,7 +48,7 @@ def _args_model(name: str, func: Callable[..., Any]) -> tuple[type[BaseModel], b
     """A pydantic model of the function's keyword arguments, without ``ctx``."""
     fields: dict[str, Any] = {}
     wants_context = False
-    extra = "forbid"
+    extra: Literal["allow", "forbid"] = "forbid"
     for param in inspect.signature(func).parameters.values():
         if param.name == CONTEXT_PARAMETER:
             wants_context = True
@@ -62,7 +62,7 @@ def _args_model(name: str, func: Callable[..., Any]) -> tuple[type[BaseModel], b
         annotation = Any if param.annotation is param.empty else param.annotation
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         f"Args[{name}]",
         __config__=ConfigDict(extra=extra, arbitrary_types_allowed=True),
         **fields,

@@ -1,0 +1,87 @@
+"""Fixtures that start real parts: a private Redis and real worker processes.
+
+One stack per test session (Redis, a worker per pool, the orchestrator); each test makes
+its own workflows, so tests do not see each other's state.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from config.settings import Settings
+from config.topology import PriorityClass
+from orchestrator.client import Client
+from orchestrator.stack import Stack, WorkerSpec
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_MODULES = (
+    "workers.samples.shop,workers.samples.ml,workers.samples.compliance,workers.samples.images"
+)
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    home = tmp_path_factory.mktemp("treadle-home")
+    # The suite always runs on its own Redis, never on one named in the environment.
+    return Settings(
+        redis_url=None,
+        home=home,
+        task_modules=SAMPLE_MODULES,
+        sweep_interval_s=0.5,
+        recovery_after_s=2.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[Stack]:
+    workers = [
+        WorkerSpec(PriorityClass.critical, 1, 2),
+        WorkerSpec(PriorityClass.default, 1, 2),
+        WorkerSpec(PriorityClass.bulk, 1, 2),
+    ]
+    extra_env = {
+        "TREADLE_SWEEP_INTERVAL_S": str(settings.sweep_interval_s),
+        "TREADLE_RECOVERY_AFTER_S": str(settings.recovery_after_s),
+    }
+    with Stack(settings, workers=workers, extra_env=extra_env) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack, settings: Settings) -> Iterator[Client]:
+    with Client.connect(settings, stack.redis_url) as connected:
+        yield connected
+
+
+@pytest.fixture
+def redis_client(stack: Stack) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(stack.redis_url)
+    yield connection
+    connection.close()
+
+
+def run_cli(stack: Stack, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real `treadle` command against the test stack."""
+    env = stack.env()
+    env.pop("TREADLE_SWEEP_INTERVAL_S", None)
+    env.pop("TREADLE_RECOVERY_AFTER_S", None)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.pop("TREADLE_REDIS_URL", None)
