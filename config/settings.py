@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TOPOLOGY = Path(__file__).with_name("topology.yaml")
@@ -56,6 +56,9 @@ class Settings(BaseSettings):
 
     worker_max_tasks_per_child: int = Field(default=10_000, ge=0)
     flower_port: int = Field(default=5555, ge=0, le=65535)
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password for Flower; `treadle up` makes one if unset."
+    )
 
     @model_validator(mode="after")
     def _timeouts_fit_visibility(self) -> Settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -24,6 +25,9 @@ from orchestrator.errors import InvalidInput, TreadleError, WorkflowFailed
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+if not out.is_terminal:
+    # Piped or logged output (CI, `make demo | tee`) has no width; tables need room.
+    out.width = 120
 
 PRIORITIES = click.Choice([p.value for p in PRIORITY_ORDER])
 
@@ -298,7 +302,10 @@ def flower(port: int) -> None:
 
     settings = _settings()
     app = make_app(settings, _resolved_url(settings))
-    app.start(["flower", f"--port={port}", "--address=127.0.0.1"])
+    argv = ["flower", f"--port={port}", "--address=127.0.0.1"]
+    if settings.flower_basic_auth is not None:
+        argv.append(f"--basic-auth={settings.flower_basic_auth.get_secret_value()}")
+    app.start(argv)
 
 
 def _free_port(preferred: int) -> int:
@@ -311,24 +318,17 @@ def _free_port(preferred: int) -> int:
             return int(probe.getsockname()[1])
 
 
-def _flower_ready(port: int, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
 @contextmanager
 def _running_stack(settings: Settings) -> Iterator[Any]:
     from orchestrator.stack import Stack
 
     port = _free_port(settings.flower_port)
-    with Stack(settings, flower_port=port) as stack:
-        _flower_ready(port)
+    auth = (
+        settings.flower_basic_auth.get_secret_value()
+        if settings.flower_basic_auth is not None
+        else f"treadle:{secrets.token_urlsafe(12)}"
+    )
+    with Stack(settings, flower_port=port, flower_auth=auth) as stack:
         yield stack
 
 
@@ -379,7 +379,7 @@ def demo(timeout_s: float) -> None:
             out.print(f"submitted {len(ids)} sample workflows")
             finals = render.follow(out, ids, client.status, timeout_s=timeout_s)
             render.summary(out, finals, [p.name for p in files])
-            render.stack_banner(out, stack, closing=True)
+            render.flower_view(out, stack)
     if any(s["state"] != "succeeded" for s in finals):
         raise WorkflowFailed("some sample workflows did not succeed")
 

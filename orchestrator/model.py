@@ -7,7 +7,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    Tag,
+    model_validator,
+)
 
 from config.topology import PriorityClass
 
@@ -71,7 +79,28 @@ class ParallelBlock(_Spec):
     parallel: list[StageItem]
 
 
-StageItem = Union[SequentialBlock, ParallelBlock, StageStep]  # noqa: UP007 - forward refs
+def _stage_kind(value: Any) -> str:
+    """Which kind of stage item ``value`` is meant to be, so that a mistake inside it is
+    reported against that kind only (not against every member of the union)."""
+    if isinstance(value, SequentialBlock | ParallelBlock | StageStep):
+        return type(value).__name__
+    if isinstance(value, Mapping):
+        if "sequential" in value:
+            return "SequentialBlock"
+        if "parallel" in value:
+            return "ParallelBlock"
+    return "StageStep"
+
+
+# The tags are the class names, which validate._shape_problem leaves out of locations.
+StageItem = Annotated[
+    Union[  # noqa: UP007 - forward refs
+        Annotated[SequentialBlock, Tag("SequentialBlock")],
+        Annotated[ParallelBlock, Tag("ParallelBlock")],
+        Annotated[StageStep, Tag("StageStep")],
+    ],
+    Discriminator(_stage_kind),
+]
 SequentialBlock.model_rebuild()
 ParallelBlock.model_rebuild()
 

@@ -200,13 +200,12 @@ def follow(
 
 def summary(console: Console, statuses: Sequence[dict[str, Any]], labels: Sequence[str]) -> None:
     table = Table(title="summary", header_style="bold")
-    for column in ("spec", "workflow", "state", "steps", "priority", "took", "workers"):
-        table.add_column(column)
+    for column in ("spec", "state", "steps", "class", "took", "ran on"):
+        table.add_column(column, no_wrap=column in ("spec", "state"))
     for label, status in zip(labels, statuses, strict=True):
-        workers = sorted({s["worker"] for s in status["steps"] if s["worker"]})
+        workers = sorted({s["worker"].split("@")[0] for s in status["steps"] if s["worker"]})
         table.add_row(
             label,
-            status["name"],
             _state(status["state"]),
             f"{status['steps_done']}/{status['steps_total']}",
             status["priority"],
@@ -218,12 +217,29 @@ def summary(console: Console, statuses: Sequence[dict[str, Any]], labels: Sequen
     console.print(f"{ok} of {len(statuses)} workflows succeeded")
 
 
-def stack_banner(console: Console, stack: Any, closing: bool = False) -> None:
-    if closing:
-        console.print(f"Flower was at http://127.0.0.1:{stack.flower_port}/ (stopping now)")
-        return
+def stack_banner(console: Console, stack: Any) -> None:
     console.print(f"[bold]treadle is up[/]  redis: {stack.redis_url}")
     for child in stack.children:
         console.print(f"  {child.name:<14} pid {child.process.pid:<8} log {child.log_path}")
     if stack.flower_port:
-        console.print(f"  Flower: http://127.0.0.1:{stack.flower_port}/")
+        user, _, password = (stack.flower_auth or "").partition(":")
+        console.print(f"  Flower: {stack.flower_url()}  (user {user!r}, password {password!r})")
+
+
+def flower_view(console: Console, stack: Any) -> None:
+    """What Flower shows of this run: every pool's workers and the tasks they ran."""
+    try:
+        workers = stack.flower_api("/api/workers?refresh=1")
+        tasks = stack.flower_api("/api/tasks?limit=10000")
+    except OSError as exc:
+        console.print(f"[yellow]Flower did not answer: {exc}[/]")
+        return
+    console.print(f"Flower sees workers: {', '.join(sorted(workers))}")
+    by_state: dict[str, int] = {}
+    for task in tasks.values():
+        by_state[task.get("state", "?")] = by_state.get(task.get("state", "?"), 0) + 1
+    console.print(
+        f"Flower saw {len(tasks)} step tasks: "
+        + ", ".join(f"{n} {state.lower()}" for state, n in sorted(by_state.items()))
+    )
+    console.print(f"Open {stack.flower_url()} while `treadle up` runs to watch them live.")

@@ -6,17 +6,21 @@ process per pool, the orchestrator and Flower, as child processes of one command
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import redis
 
@@ -71,6 +75,7 @@ class Stack:
         workers: Sequence[WorkerSpec] | None = None,
         orchestrator: bool = True,
         flower_port: int | None = None,
+        flower_auth: str | None = None,
         extra_env: Mapping[str, str] | None = None,
     ):
         self.settings = settings
@@ -83,6 +88,7 @@ class Stack:
         )
         self.with_orchestrator = orchestrator
         self.flower_port = flower_port
+        self.flower_auth = flower_auth
         self.extra_env = dict(extra_env or {})
         self.embedded: EmbeddedRedis | None = None
         self.redis_url = settings.redis_url or ""
@@ -120,6 +126,7 @@ class Stack:
             self._spawn("orchestrator", ["orchestrator"])
         if self.flower_port is not None:
             self._spawn("flower", ["flower", "--port", str(self.flower_port)])
+            self.wait_http(self.flower_port)
         self.wait_ready([s.node_name(host_name()) for s in self.worker_specs])
 
     def start_worker(self, spec: WorkerSpec) -> ChildProcess:
@@ -155,6 +162,8 @@ class Stack:
         env["TREADLE_HOME"] = str(self.home)
         env["TREADLE_TOPOLOGY"] = str(self.settings.topology)
         env["TREADLE_TASK_MODULES"] = self.settings.task_modules
+        if self.flower_auth:
+            env["TREADLE_FLOWER_BASIC_AUTH"] = self.flower_auth
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -188,6 +197,32 @@ class Stack:
             raise Unreachable(f"Redis cannot be reached: {exc}") from exc
         finally:
             client.close()
+
+    def wait_http(self, port: int, timeout_s: float = _READY_TIMEOUT_S) -> None:
+        """Until something accepts connections on the loopback ``port``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise Unreachable(
+                        f"nothing answers on port {port} after {timeout_s} s"
+                    ) from None
+                time.sleep(0.05)
+
+    def flower_url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.flower_port}{path}"
+
+    def flower_api(self, path: str) -> Any:
+        """GET a Flower API path (with this stack's basic auth) and decode its JSON."""
+        request = urllib.request.Request(self.flower_url(path))
+        if self.flower_auth:
+            token = base64.b64encode(self.flower_auth.encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
 
     def wait_ready(self, node_names: Sequence[str], timeout_s: float = _READY_TIMEOUT_S) -> None:
         """Until every named worker answers a ping (or one of them died)."""

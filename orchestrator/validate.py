@@ -47,8 +47,18 @@ def load_spec_text(text: str, source: str) -> Any:
     """Parse JSON or YAML text; a syntax error is bad input with its line."""
     stripped = text.lstrip()
     try:
-        if stripped.startswith(("{", "[")) or source.endswith(".json"):
+        if source.endswith(".json"):
             return json.loads(text)
+        if stripped.startswith(("{", "[")):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as json_error:
+                # Also YAML in flow style (`{name: x, steps: [...]}`); if it is not that
+                # either, it was meant as JSON and the JSON error is the helpful one.
+                try:
+                    return yaml.safe_load(text)
+                except yaml.YAMLError:
+                    raise json_error from None
         return yaml.safe_load(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(
@@ -88,7 +98,10 @@ def validate(
 
     problems: list[Problem] = []
     if spec.stages is not None:
+        # A stages form without steps always has an empty block, reported here.
         problems.extend(_empty_blocks(spec.stages, "stages"))
+    elif not spec.steps:
+        problems.append(Problem("steps", "the workflow has no steps"))
     workflow = normalise(spec)
     problems.extend(_size_problems(workflow, limits))
     problems.extend(_identity_problems(workflow))
@@ -130,8 +143,6 @@ def _empty_blocks(items: list[StageItem], where: str) -> Iterable[Problem]:
 
 
 def _size_problems(workflow: Workflow, limits: Limits) -> Iterable[Problem]:
-    if not workflow.steps:
-        yield Problem("steps", "the workflow has no steps")
     if len(workflow.steps) > limits.max_steps:
         yield Problem("steps", f"{len(workflow.steps)} steps; at most {limits.max_steps}")
     size = _json_size(workflow.params)
