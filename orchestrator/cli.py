@@ -309,13 +309,13 @@ def flower(port: int) -> None:
 
 
 def _free_port(preferred: int) -> int:
+    """``preferred`` if it is free (0: any), else any free loopback port."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", preferred))
-            return preferred
         except OSError:
             probe.bind(("127.0.0.1", 0))
-            return int(probe.getsockname()[1])
+        return int(probe.getsockname()[1])
 
 
 @contextmanager

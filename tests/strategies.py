@@ -6,6 +6,7 @@ declaration order (the shape ``Graph.from_after`` takes).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ MAX_NODES = 40
 # Quick and never flaky: no deadline (the first call imports and warms up), a modest
 # number of examples, and no complaint about 40-node examples being slow to generate.
 FAST = settings(
-    max_examples=120,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -127,7 +128,7 @@ def compose(tree: Tree) -> Composed:
             tuple(s for p in parts for s in p.sources),
             tuple(s for p in parts for s in p.sinks),
         )
-    for prev, nxt in zip(parts, parts[1:], strict=False):
+    for prev, nxt in itertools.pairwise(parts):
         for source in nxt.sources:
             after[source] = (*after[source], *prev.sinks)
     return Composed(after, parts[0].sources, parts[-1].sinks)

@@ -1,0 +1,126 @@
+"""`treadle up` as a user runs it: a private stack in the foreground, found by other
+`treadle` commands in the same directory, visible in Flower, stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SAMPLE_MODULES
+
+pytestmark = pytest.mark.e2e
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREADLE_")}
+    env["TREADLE_TASK_MODULES"] = SAMPLE_MODULES
+    env["TREADLE_FLOWER_PORT"] = "0"  # any free port
+    return env
+
+
+def _treadle(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _flower(url: str, auth: str, path: str) -> Any:
+    request = urllib.request.Request(url.rstrip("/") + path)
+    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    log = (tmp_path / "up.log").open("w+")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "up"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        banner = ""
+        while "Flower:" not in banner:
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, banner
+            time.sleep(0.1)
+            banner = (tmp_path / "up.log").read_text()
+        match = re.search(r"Flower: (\S+)\s+\(user '([^']+)', password '([^']+)'\)", banner)
+        assert match, banner
+        url, auth = match.group(1), f"{match.group(2)}:{match.group(3)}"
+
+        # Another command in the same directory finds the running stack by itself.
+        spec = tmp_path / "hello.yaml"
+        spec.write_text(
+            "name: hello\npriority: critical\nsteps:\n  - {id: a, task: treadle.noop}\n"
+        )
+        submitted = _treadle(tmp_path, "submit", str(spec), "--wait", "--json")
+        assert submitted.returncode == 0, submitted.stderr
+        workflow_id = json.loads(submitted.stdout)["id"]
+
+        workers: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        while not {"critical-1", "default-1", "bulk-1"} <= {w.split("@")[0] for w in workers}:
+            assert time.monotonic() < deadline, sorted(workers)
+            workers = _flower(url, auth, "/api/workers?refresh=1")
+        tasks: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        while not any(t.get("args") and workflow_id in t["args"] for t in tasks.values()):
+            assert time.monotonic() < deadline, tasks
+            time.sleep(0.2)
+            tasks = _flower(url, auth, "/api/tasks?state=SUCCESS")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _flower(url, "treadle:wrong", "/api/workers")
+        assert refused.value.code == 401
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            code = up.wait(60)
+        finally:
+            if up.poll() is None:
+                os.killpg(up.pid, signal.SIGKILL)
+                up.wait()
+            log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()
+    assert "stopped" in (tmp_path / "up.log").read_text()
+    assert not (tmp_path / ".treadle" / "redis.url").exists()
+    assert _treadle(tmp_path, "list").returncode == 5  # nothing to talk to any more
+
+
+def test_unreachable_redis_exits_5(tmp_path: Path) -> None:
+    env = _env()
+    env["TREADLE_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "status", "abc"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 5, result.stderr
+    assert "cannot be reached" in result.stderr
