@@ -64,14 +64,21 @@ class Settings(BaseSettings):
     def _timeouts_fit_visibility(self) -> Settings:
         # A message unacked for longer than visibility_timeout is redelivered while the
         # first copy still runs: every hard timeout must end before that can happen.
-        if self.visibility_timeout_s <= self.max_step_timeout_s:
+        longest_hard = self.hard_limit_s(self.max_step_timeout_s)
+        if self.visibility_timeout_s <= longest_hard:
             raise ValueError(
-                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed "
-                f"max_step_timeout_s ({self.max_step_timeout_s})"
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed the hard time "
+                f"limit of the longest step ({longest_hard} s for max_step_timeout_s "
+                f"{self.max_step_timeout_s})"
             )
         if self.default_step_timeout_s > self.max_step_timeout_s:
             raise ValueError("default_step_timeout_s must not exceed max_step_timeout_s")
         return self
+
+    @staticmethod
+    def hard_limit_s(soft_s: float) -> float:
+        """The hard time limit behind a step's soft one: time for the task to clean up."""
+        return soft_s + max(5.0, soft_s * 0.1)
 
     def task_module_list(self) -> list[str]:
         return [m.strip() for m in self.task_modules.split(",") if m.strip()]

@@ -53,6 +53,8 @@ class Compiled:
 
 def compile_graph(graph: Graph) -> Compiled:
     """The canvas for ``graph``; raises CycleError if it has a cycle."""
+    if not graph.nodes:
+        raise ValueError("a workflow needs at least one step to compile")
     order = graph.topological_order()
     compiler = _Compiler(graph, order)
     shape = compiler.decompose(order)
@@ -153,7 +155,10 @@ def _chain(items: Iterator[Node] | Sequence[Node]) -> Node:
 
 
 def _with_chords(node: Node) -> Node:
-    """A group followed by more work in a chain becomes a chord whose body is the rest."""
+    """In a chain, a group followed by more work becomes a chord whose body is the next
+    item; the chain goes on after the chord. Kept flat (``chain(chord(g1, t1),
+    chord(g2, t2))``) rather than nesting the rest of the chain in each body, so a long
+    pipeline of fan-outs stays shallow, as Celery's own chain upgrading does."""
     if isinstance(node, Task):
         return node
     if isinstance(node, Group):
@@ -161,18 +166,26 @@ def _with_chords(node: Node) -> Node:
     if isinstance(node, Chord):
         return Chord(tuple(_with_chords(i) for i in node.header), _with_chords(node.body))
     items = [_with_chords(item) for item in node.items]
-    for i, item in enumerate(items):
-        if isinstance(item, Group) and i < len(items) - 1:
-            rest = items[i + 1 :]
-            body = rest[0] if len(rest) == 1 else _rechain(rest)
-            head = items[:i]
-            chord = Chord(item.items, body)
-            return chord if not head else Chain((*head, chord))
-    return Chain(tuple(items))
-
-
-def _rechain(items: Sequence[Node]) -> Node:
-    return _with_chords(Chain(tuple(items)))
+    out: list[Node] = []
+    i = 0
+    while i < len(items):
+        if not isinstance(items[i], Group) or i == len(items) - 1:
+            out.append(items[i])
+            i += 1
+            continue
+        # A run of consecutive groups, then the item that waits for the last of them.
+        end = i
+        while end + 1 < len(items) and isinstance(items[end + 1], Group):
+            end += 1
+        if end + 1 < len(items):
+            body, run, i = items[end + 1], items[i : end + 1], end + 2
+        else:
+            body, run, i = items[end], items[i:end], end + 1
+        for group in reversed(run):
+            assert isinstance(group, Group)
+            body = Chord(group.items, body)
+        out.append(body)
+    return out[0] if len(out) == 1 else Chain(tuple(out))
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,14 +16,10 @@ from celery import Celery, chain, chord, group
 from celery.canvas import Signature
 
 from config.queues import queue_for
+from config.settings import Settings
 from orchestrator.compiler import Chain, Chord, Group, Node, Task, first_steps, from_json
 from orchestrator.states import StepState
 from orchestrator.store import Change, Conflict, StateStore
-
-
-def hard_limit_s(soft_s: float) -> float:
-    """The hard time limit that backs a soft one: time for the task to clean up."""
-    return soft_s + max(5.0, soft_s * 0.1)
 
 
 def build_signature(
@@ -44,7 +40,7 @@ def build_signature(
                 immutable=True,
                 queue=queue_for(step.get("priority") or workflow_priority),
                 soft_time_limit=soft,
-                time_limit=hard_limit_s(soft),
+                time_limit=Settings.hard_limit_s(soft),
             )
         if isinstance(n, Chain):
             return chain(*(build(i) for i in n.items), app=app)

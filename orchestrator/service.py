@@ -5,6 +5,7 @@ Used in-process by the Python client and the CLI, and by the orchestrator proces
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Mapping
@@ -71,13 +72,41 @@ class SpecChecker:
         )
 
     def check(self, raw: Any, source: str | None = None) -> Workflow:
-        return validate(
+        """The validated workflow, each step completed with its task's defaults."""
+        workflow = validate(
             raw,
             self.registry,
             limits=self.limits,
             resources=self.topology.resources,
             source=source,
         )
+        return self._with_task_defaults(workflow, source)
+
+    def _with_task_defaults(self, workflow: Workflow, source: str | None) -> Workflow:
+        steps, problems = [], []
+        for step in workflow.steps:
+            definition = self.registry.get(step.task)
+            assert definition is not None  # validate() checked every task name
+            timeout_s = step.timeout_s or definition.timeout_s
+            if timeout_s is not None and timeout_s > self.limits.max_step_timeout_s:
+                problems.append(
+                    Problem(
+                        f"{step.where}.task",
+                        f"{step.task} defaults to timeout_s {timeout_s}, longer than the "
+                        f"longest allowed ({self.limits.max_step_timeout_s} s)",
+                    )
+                )
+            steps.append(
+                dataclasses.replace(
+                    step,
+                    timeout_s=timeout_s,
+                    retry=step.retry or definition.retry,
+                    resources=step.resources or definition.resources,
+                )
+            )
+        if problems:
+            raise InvalidInput(problems, source)
+        return dataclasses.replace(workflow, steps=tuple(steps))
 
 
 class Orchestrator:

@@ -43,28 +43,69 @@ class Limits:
     max_step_timeout_s: float = 3600.0
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML as JSON means it: a repeated key is an error, and a bare date stays a string
+    (a spec's values must cross the wire as JSON)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _load_json(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_json_object)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass: no object tags
+
+
 def load_spec_text(text: str, source: str) -> Any:
     """Parse JSON or YAML text; a syntax error is bad input with its line."""
     stripped = text.lstrip()
     try:
         if source.endswith(".json"):
-            return json.loads(text)
+            return _load_json(text)
         if stripped.startswith(("{", "[")):
             try:
-                return json.loads(text)
+                return _load_json(text)
             except json.JSONDecodeError as json_error:
                 # Also YAML in flow style (`{name: x, steps: [...]}`); if it is not that
                 # either, it was meant as JSON and the JSON error is the helpful one.
                 try:
-                    return yaml.safe_load(text)
+                    return _load_yaml(text)
                 except yaml.YAMLError:
                     raise json_error from None
-        return yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            Problem(f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}"),
-            source,
-        ) from exc
+        return _load_yaml(text)
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            raise InvalidInput(
+                Problem(f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}"),
+                source,
+            ) from exc
+        raise InvalidInput(Problem("", f"not valid JSON: {exc}"), source) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -129,6 +170,8 @@ def _shape_problem(err: Any) -> Problem:
     what = err["msg"]
     if err["type"] == "extra_forbidden":
         what = "unknown field"
+    elif err["type"] == "value_error":
+        what = what.removeprefix("Value error, ")
     return Problem(where, what)
 
 
@@ -170,6 +213,8 @@ def _identity_problems(workflow: Workflow) -> Iterable[Problem]:
         else:
             first_at.setdefault(step.id, step.where)
     for step in workflow.steps:
+        if step.where.startswith("steps[") and step.id in step.after:
+            yield Problem(f"{step.where}.after", f"step {step.id!r} depends on itself")
         for dep in step.after:
             if dep not in first_at:
                 yield Problem(f"{step.where}.after", f"unknown step {dep!r}{_hint(dep, first_at)}")
@@ -208,7 +253,8 @@ def _cycle_problems(workflow: Workflow) -> Iterable[Problem]:
     after: dict[str, tuple[str, ...]] = {}
     for step in workflow.steps:
         after.setdefault(step.id, step.after)
-    after = {sid: tuple(d for d in deps if d in after) for sid, deps in after.items()}
+    # A self-dependency is reported on its own, with its location.
+    after = {sid: tuple(d for d in deps if d in after and d != sid) for sid, deps in after.items()}
     graph = Graph.from_after(after)
     try:
         graph.topological_order()

@@ -100,8 +100,8 @@ def trees(draw: st.DrawFn, min_leaves: int = 1, max_leaves: int = MAX_NODES) -> 
         arity = draw(st.integers(2, min(n, 4)))
         cuts = sorted(draw(st.sets(st.integers(1, n - 1), min_size=arity - 1, max_size=arity - 1)))
         sizes = [b - a for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
-        kind = draw(st.sampled_from([Series, Parallel]))
-        return kind(tuple(build(size) for size in sizes))
+        parts = tuple(build(size) for size in sizes)
+        return Series(parts) if draw(st.booleans()) else Parallel(parts)
 
     return build(total)
 

@@ -263,12 +263,16 @@ def test_status_json_has_the_fields_the_spec_promises(client: Client) -> None:
     assert status["submitted_at"] <= b["queued_at"]
 
 
-def test_a_doctored_audit_record_is_detected(client: Client, redis_client: redis.Redis) -> None:
+def test_a_doctored_audit_record_is_detected(
+    client: Client, redis_client: redis.Redis[bytes]
+) -> None:
     workflow_id = client.submit({"name": "audited", "steps": [{"id": "a", "task": "treadle.noop"}]})
     client.wait(workflow_id, timeout_s=30)
     assert client.audit_chain_problems(workflow_id) == []
     key = client.orchestrator.store.keys.audit(workflow_id)
-    record = json.loads(redis_client.lindex(key, 2))
+    stored = redis_client.lindex(key, 2)
+    assert stored is not None
+    record = json.loads(stored)
     record["worker"] = "someone-else@host"
     redis_client.lset(key, 2, json.dumps(record, sort_keys=True, separators=(",", ":")))
     assert client.audit_chain_problems(workflow_id) != []
@@ -287,7 +291,7 @@ def test_a_stored_but_undispatched_workflow_is_recovered(client: Client) -> None
 
 
 def test_bad_specs_exit_2_and_leave_nothing_behind(
-    stack: Stack, client: Client, redis_client: redis.Redis, tmp_path: Any
+    stack: Stack, client: Client, redis_client: redis.Redis[bytes], tmp_path: Any
 ) -> None:
     from tests.conftest import run_cli
 
@@ -351,3 +355,33 @@ def test_cli_submit_wait_json_and_exit_codes(stack: Stack, tmp_path: Any) -> Non
 
     listed = run_cli(stack, "list", "--state", "failed", "--json")
     assert workflow_id in [row["id"] for row in json.loads(listed.stdout)]
+
+
+def test_stage_form_with_back_to_back_parallel_stages(client: Client) -> None:
+    # Compiles to chord(g1, chord(g2, g3)) then a chain: a chord whose body is a group.
+    stages = [
+        {"parallel": [{"id": f"p1-{i}", "task": "treadle.noop"} for i in range(3)]},
+        {"parallel": [{"id": f"p2-{i}", "task": "treadle.noop"} for i in range(3)]},
+        {"parallel": [{"id": f"p3-{i}", "task": "treadle.noop"} for i in range(3)]},
+    ]
+    workflow_id = client.submit({"name": "back-to-back", "stages": stages})
+    assert client.wait(workflow_id, timeout_s=30)["state"] == "succeeded"
+    faithful(client, workflow_id)
+
+
+def test_a_pipeline_of_many_fan_outs_runs_as_a_flat_chain_of_chords(client: Client) -> None:
+    stages: list[Any] = []
+    for i in range(15):
+        stages.append({"id": f"t{i}", "task": "treadle.noop"})
+        stages.append(
+            {
+                "parallel": [
+                    {"id": f"a{i}", "task": "treadle.noop"},
+                    {"id": f"b{i}", "task": "treadle.noop"},
+                ]
+            }
+        )
+    stages.append({"id": "end", "task": "treadle.noop"})
+    workflow_id = client.submit({"name": "fan-out-pipeline", "stages": stages})
+    assert client.wait(workflow_id, timeout_s=60)["state"] == "succeeded"
+    faithful(client, workflow_id)

@@ -263,11 +263,12 @@ class StepRuntime:
                     raise
         return self._record(attempt, StepState.failed, fields)
 
-    def _policy(self, attempt: _Attempt) -> RetryPolicy:
+    @staticmethod
+    def _policy(attempt: _Attempt) -> RetryPolicy:
+        # Resolved at submission (the step's own policy, else its task's default), so every
+        # worker applies the policy the stored definition shows.
         own = attempt.view.definition.get("retry")
-        if own:
-            return RetryPolicy.model_validate(own)
-        return attempt.definition.retry or RetryPolicy(max_attempts=1)
+        return RetryPolicy.model_validate(own) if own else RetryPolicy(max_attempts=1)
 
     def _finish_workflow(self, workflow_id: str) -> None:
         finish_workflow(self.store, workflow_id)
