@@ -301,7 +301,7 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _is_our_server(client: redis.Redis[bytes], pid: int) -> bool:
+def _is_our_server(client: redis.Redis, pid: int) -> bool:
     # A PING alone is not enough: if someone else holds the port, their server answers
     # while ours is still failing to bind.
     try:

@@ -80,7 +80,7 @@ class StepView:
 
 
 class StateStore:
-    def __init__(self, client: redis.Redis[bytes], keys: Keys, *, state_ttl_s: int = 30 * 86400):
+    def __init__(self, client: redis.Redis, keys: Keys, *, state_ttl_s: int = 30 * 86400):
         self.redis = client
         self.keys = keys
         self.state_ttl_s = state_ttl_s
@@ -324,7 +324,7 @@ class StateStore:
             raise NotFound(f"no workflow {workflow_id!r}")
         return [_text(e) for e in entries], _text(tail)
 
-    def set_fields(self, workflow_id: str, fields: Mapping[str | bytes, str | float]) -> None:
+    def set_fields(self, workflow_id: str, fields: Mapping[Any, str | int | float]) -> None:
         """Bookkeeping fields that are not states (no audit record needed)."""
         self._guard(lambda: self.redis.hset(self.keys.workflow(workflow_id), mapping=fields))
 

@@ -61,7 +61,7 @@ def client(stack: Stack, settings: Settings) -> Iterator[Client]:
 
 
 @pytest.fixture
-def redis_client(stack: Stack) -> Iterator[redis.Redis[bytes]]:
+def redis_client(stack: Stack) -> Iterator[redis.Redis]:
     connection = redis.Redis.from_url(stack.redis_url)
     yield connection
     connection.close()

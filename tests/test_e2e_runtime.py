@@ -263,9 +263,7 @@ def test_status_json_has_the_fields_the_spec_promises(client: Client) -> None:
     assert status["submitted_at"] <= b["queued_at"]
 
 
-def test_a_doctored_audit_record_is_detected(
-    client: Client, redis_client: redis.Redis[bytes]
-) -> None:
+def test_a_doctored_audit_record_is_detected(client: Client, redis_client: redis.Redis) -> None:
     workflow_id = client.submit({"name": "audited", "steps": [{"id": "a", "task": "treadle.noop"}]})
     client.wait(workflow_id, timeout_s=30)
     assert client.audit_chain_problems(workflow_id) == []
@@ -291,7 +289,7 @@ def test_a_stored_but_undispatched_workflow_is_recovered(client: Client) -> None
 
 
 def test_bad_specs_exit_2_and_leave_nothing_behind(
-    stack: Stack, client: Client, redis_client: redis.Redis[bytes], tmp_path: Any
+    stack: Stack, client: Client, redis_client: redis.Redis, tmp_path: Any
 ) -> None:
     from tests.conftest import run_cli
 

@@ -435,3 +435,11 @@ def test_spec_file_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
     path.write_text('{"name": "w", "steps": [{"id": "a", "task": "treadle.noop"}]}')
     assert isinstance(check(load_spec_file(path)), Workflow)
+
+
+def test_a_retry_delay_longer_than_allowed_is_refused() -> None:
+    raw = steps_spec(
+        {"id": "a", "task": "treadle.noop", "retry": {"max_attempts": 3, "backoff_max_s": 7200}}
+    )
+    found = problems(raw, Limits(max_backoff_s=3600))
+    assert [p.where for p in found] == ["steps[0].retry.backoff_max_s"]

@@ -33,7 +33,6 @@ from workers.registry import Registry, TaskDefinition
 
 log = logging.getLogger("treadle.runtime")
 
-_CLAIMABLE = frozenset({StepState.pending, StepState.queued, StepState.retrying})
 _CLAIM_ATTEMPTS = 8
 _ERROR_CHARS = 2000
 
@@ -96,8 +95,8 @@ class StepRuntime:
                 # Another copy of this message is running it right now.
                 raise Ignore()
             definition = self.registry.get(task.name)
-            if definition is None:  # the worker app registers only known tasks
-                raise Ignore()
+            if definition is None:
+                raise RuntimeError(f"task {task.name} runs steps but is not in the registry")
             attempt_no = int(view.record.get("attempts", 0)) + 1
             worker = task.request.hostname or ""
             input_sha = audit.sha256_of(
