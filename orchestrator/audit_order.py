@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 
 def order_problems(entries: Sequence[str], after: Mapping[str, Sequence[str]]) -> list[str]:
@@ -36,7 +35,3 @@ def order_problems(entries: Sequence[str], after: Mapping[str, Sequence[str]]) -
                 if not done or done[0] > start:
                     problems.append(f"step {step} started before its dependency {dep} succeeded")
     return problems
-
-
-def records_of(entries: Sequence[str]) -> list[dict[str, Any]]:
-    return [json.loads(e) for e in entries]

@@ -17,7 +17,6 @@ from typing import Any
 
 from config.settings import Settings, get_settings
 from orchestrator.audit import chain_problems
-from orchestrator.errors import Unreachable
 from orchestrator.service import Orchestrator, Submission, with_overrides
 from orchestrator.states import WORKFLOW_FINAL
 from orchestrator.validate import load_spec_file
@@ -105,4 +104,4 @@ class Client:
         return chain_problems(entries, tail)
 
 
-__all__ = ["Client", "Unreachable"]
+__all__ = ["Client"]

@@ -62,7 +62,8 @@ class SpecChecker:
     no Redis, so ``treadle validate`` and ``treadle plan`` work offline."""
 
     def __init__(self, settings: Settings):
-        self.registry: Registry = load_task_modules(settings.task_module_list())
+        self.task_modules = settings.task_module_list()
+        self.registry: Registry = load_task_modules(self.task_modules)
         self.topology: Topology = load_topology(settings.topology)
         self.limits = Limits(
             max_steps=settings.max_steps,
@@ -76,13 +77,26 @@ class SpecChecker:
 
     def check(self, raw: Any, source: str | None = None) -> Workflow:
         """The validated workflow, each step completed with its task's defaults."""
-        workflow = validate(
-            raw,
-            self.registry,
-            limits=self.limits,
-            resources=self.topology.resources,
-            source=source,
-        )
+        try:
+            workflow = validate(
+                raw,
+                self.registry,
+                limits=self.limits,
+                resources=self.topology.resources,
+                source=source,
+            )
+        except InvalidInput as exc:
+            unknown_task = any(p.what.startswith("unknown task") for p in exc.problems)
+            if unknown_task and not self.task_modules:
+                exc.problems.append(
+                    Problem(
+                        "TREADLE_TASK_MODULES",
+                        "is empty, so only the treadle.* built-ins are known: set it to the "
+                        "modules that define your tasks (comma separated)",
+                    )
+                )
+                raise InvalidInput(exc.problems, source) from None
+            raise
         return self._with_task_defaults(workflow, source)
 
     def _with_task_defaults(self, workflow: Workflow, source: str | None) -> Workflow:

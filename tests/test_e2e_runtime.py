@@ -383,3 +383,31 @@ def test_a_pipeline_of_many_fan_outs_runs_as_a_flat_chain_of_chords(client: Clie
     workflow_id = client.submit({"name": "fan-out-pipeline", "stages": stages})
     assert client.wait(workflow_id, timeout_s=60)["state"] == "succeeded"
     faithful(client, workflow_id)
+
+
+def test_producers_can_submit_with_a_plain_celery_message(client: Client) -> None:
+    # What a producer in another language does: one JSON message to the orchestrator queue.
+    app = client.orchestrator.app
+    name = f"by-message-{time.time_ns()}"
+    spec = {"name": name, "steps": [{"id": "a", "task": "treadle.echo", "args": {"value": 7}}]}
+    sent = app.send_task(
+        "treadle.submit", args=[spec], kwargs={"params": {"k": 1}}, queue="orchestrator"
+    )
+    bad = app.send_task("treadle.submit", args=[{"name": "bad", "steps": []}], queue="orchestrator")
+
+    def meta(task_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while True:
+            found: dict[str, Any] = app.backend.get_task_meta(task_id)
+            if found["status"] == "SUCCESS":
+                return found
+            assert time.monotonic() < deadline, found
+            time.sleep(0.05)
+
+    workflow_id = meta(sent.id)["result"]["id"]
+    status = client.wait(workflow_id, timeout_s=30)
+    assert (status["name"], status["state"]) == (name, "succeeded")
+    assert client.orchestrator.store.results(workflow_id) == {"a": 7}
+    refused = meta(bad.id)["result"]
+    assert refused["error"] == "invalid"
+    assert refused["problems"] == ["steps: the workflow has no steps"]

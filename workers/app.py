@@ -81,7 +81,6 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
             log.exception("could not record workflow %s step %s as queued", workflow_id, step_id)
 
     before_task_publish.connect(mark_queued, weak=False)
-    app.treadle_runtime = holder  # for tests and the orchestrator's in-process use
     return app
 
 
