@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -19,6 +21,8 @@ from config.settings import Settings
 from config.topology import PriorityClass
 from orchestrator.client import Client
 from orchestrator.stack import Stack, WorkerSpec
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_MODULES = (
@@ -65,6 +69,20 @@ def redis_client(stack: Stack) -> Iterator[redis.Redis]:
     connection = redis.Redis.from_url(stack.redis_url)
     yield connection
     connection.close()
+
+
+def wait_until(
+    check: Callable[[], T | None], timeout_s: float, what: str, poll_s: float = 0.05
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout_s} s waiting for {what}")
+        time.sleep(poll_s)
 
 
 def run_cli(stack: Stack, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:

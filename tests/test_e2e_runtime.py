@@ -13,6 +13,7 @@ from config.queues import declare_queues
 from orchestrator.audit_order import order_problems
 from orchestrator.client import Client
 from orchestrator.stack import Stack
+from tests.conftest import wait_until
 from workers.samples import workflow_files
 
 pytestmark = pytest.mark.e2e
@@ -201,16 +202,14 @@ def test_cancel_stops_steps_that_have_not_started(client: Client) -> None:
         ],
     }
     workflow_id = client.submit(spec)
-    deadline = time.monotonic() + 20
-    while steps_by_id(client.status(workflow_id))["s0"]["state"] != "running":
-        assert time.monotonic() < deadline, "s0 never started"
-        time.sleep(0.02)
+
+    def s0_state() -> str:
+        return str(steps_by_id(client.status(workflow_id))["s0"]["state"])
+
+    wait_until(lambda: s0_state() == "running", 20, "s0 to start", poll_s=0.02)
     assert client.cancel(workflow_id) == "cancelled"
     # s0 was running: it finishes; its successor was never started and must never start.
-    deadline = time.monotonic() + 20
-    while steps_by_id(client.status(workflow_id))["s0"]["state"] == "running":
-        assert time.monotonic() < deadline, "s0 never finished"
-        time.sleep(0.02)
+    wait_until(lambda: s0_state() != "running", 20, "s0 to finish", poll_s=0.02)
     status = client.status(workflow_id)
     steps = steps_by_id(status)
     assert status["state"] == "cancelled"
@@ -396,13 +395,11 @@ def test_producers_can_submit_with_a_plain_celery_message(client: Client) -> Non
     bad = app.send_task("treadle.submit", args=[{"name": "bad", "steps": []}], queue="orchestrator")
 
     def meta(task_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 30
-        while True:
+        def done() -> dict[str, Any] | None:
             found: dict[str, Any] = app.backend.get_task_meta(task_id)
-            if found["status"] == "SUCCESS":
-                return found
-            assert time.monotonic() < deadline, found
-            time.sleep(0.05)
+            return found if found["status"] == "SUCCESS" else None
+
+        return wait_until(done, 30, f"the orchestrator to answer message {task_id}")
 
     workflow_id = meta(sent.id)["result"]["id"]
     status = client.wait(workflow_id, timeout_s=30)

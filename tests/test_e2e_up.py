@@ -10,14 +10,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import SAMPLE_MODULES
+from tests.conftest import SAMPLE_MODULES, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -61,13 +60,13 @@ def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 90
-        banner = ""
-        while "Flower:" not in banner:
-            assert up.poll() is None, (tmp_path / "up.log").read_text()
-            assert time.monotonic() < deadline, banner
-            time.sleep(0.1)
-            banner = (tmp_path / "up.log").read_text()
+
+        def banner_shown() -> str | None:
+            text = (tmp_path / "up.log").read_text()
+            assert up.poll() is None, text
+            return text if "Flower:" in text else None
+
+        banner = wait_until(banner_shown, 90, "treadle up to print its banner", poll_s=0.1)
         match = re.search(r"Flower: (\S+)\s+\(user '([^']+)', password '([^']+)'\)", banner)
         assert match, banner
         url, auth = match.group(1), f"{match.group(2)}:{match.group(3)}"
@@ -81,17 +80,17 @@ def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
         assert submitted.returncode == 0, submitted.stderr
         workflow_id = json.loads(submitted.stdout)["id"]
 
-        workers: dict[str, Any] = {}
-        deadline = time.monotonic() + 30
-        while not {"critical-1", "default-1", "bulk-1"} <= {w.split("@")[0] for w in workers}:
-            assert time.monotonic() < deadline, sorted(workers)
+        def every_pool_shown() -> bool:
             workers = _flower(url, auth, "/api/workers?refresh=1")
-        tasks: dict[str, Any] = {}
-        deadline = time.monotonic() + 30
-        while not any(t.get("args") and workflow_id in t["args"] for t in tasks.values()):
-            assert time.monotonic() < deadline, tasks
-            time.sleep(0.2)
+            pools = {name.split("@")[0] for name in workers}
+            return {"critical-1", "default-1", "bulk-1"} <= pools
+
+        def step_shown() -> bool:
             tasks = _flower(url, auth, "/api/tasks?state=SUCCESS")
+            return any(t.get("args") and workflow_id in t["args"] for t in tasks.values())
+
+        wait_until(every_pool_shown, 30, "Flower to show a worker of every pool")
+        wait_until(step_shown, 30, "Flower to show the finished step", poll_s=0.2)
         with pytest.raises(urllib.error.HTTPError) as refused:
             _flower(url, "treadle:wrong", "/api/workers")
         assert refused.value.code == 401
