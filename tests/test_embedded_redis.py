@@ -5,8 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,7 @@ from config.redis_server import (
     find_redis_server,
 )
 from orchestrator.errors import Unreachable
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.02)
+from tests.conftest import wait_until
 
 
 def process_gone(pid: int) -> bool:
@@ -70,7 +62,7 @@ def test_stop_kills_process_and_forgets_url(tmp_path: Path) -> None:
     pid = server.pid
     assert pid is not None
     server.stop()
-    wait_for(lambda: process_gone(pid))
+    wait_until(lambda: process_gone(pid), 5.0, "the server process to exit")
     assert not server.running()
     assert not (tmp_path / URL_FILE).exists()
     assert discover_running(tmp_path) is None
