@@ -52,24 +52,46 @@ def build_signature(
     return build(node)
 
 
-def dispatch(app: Celery, store: StateStore, workflow_id: str, default_timeout_s: float) -> None:
-    """Publish a stored workflow's canvas. Safe to repeat: a step already claimed or
-    finished ignores a second message for it."""
-    fields = store.workflow_fields(workflow_id)
-    canvas = from_json(json.loads(fields["canvas"]))
-    defs = store.step_defs(workflow_id)
-    signature = build_signature(
-        app, workflow_id, canvas, defs, fields["priority"], default_timeout_s
-    )
+def dispatch(
+    app: Celery,
+    store: StateStore,
+    workflow_id: str,
+    canvas: Node,
+    defs: Mapping[str, Mapping[str, Any]],
+    priority: str,
+    default_timeout_s: float,
+) -> None:
+    """Publish a workflow's canvas. Safe to repeat: a step already claimed or finished
+    ignores a second message for it."""
+    signature = build_signature(app, workflow_id, canvas, defs, priority, default_timeout_s)
     _mark_queued(store, workflow_id, first_steps(canvas))
     signature.apply_async()
     store.set_fields(workflow_id, {"dispatched_at": repr(time.time())})
 
 
+def dispatch_stored(
+    app: Celery, store: StateStore, workflow_id: str, default_timeout_s: float
+) -> None:
+    """Publish a workflow from what the state store holds (recovery after a crash)."""
+    fields = store.workflow_fields(workflow_id)
+    canvas = from_json(json.loads(fields["canvas"]))
+    dispatch(
+        app,
+        store,
+        workflow_id,
+        canvas,
+        store.step_defs(workflow_id),
+        fields["priority"],
+        default_timeout_s,
+    )
+
+
 def _mark_queued(store: StateStore, workflow_id: str, step_ids: list[str]) -> None:
-    now = time.time()
+    """Record the first steps as queued before their messages can be taken. On a first
+    dispatch they are all pending; a repeated dispatch reads which still are."""
+    pending = list(step_ids)
     for _ in range(8):
-        records = store.step_records(workflow_id)
+        now = time.time()
         changes = [
             Change(
                 sid,
@@ -78,8 +100,7 @@ def _mark_queued(store: StateStore, workflow_id: str, step_ids: list[str]) -> No
                 {"queued_at": now},
                 {"at": now},
             )
-            for sid in step_ids
-            if records.get(sid, {}).get("state") == StepState.pending.value
+            for sid in pending
         ]
         if not changes:
             return
@@ -87,4 +108,5 @@ def _mark_queued(store: StateStore, workflow_id: str, step_ids: list[str]) -> No
             store.apply(workflow_id, changes)
             return
         except Conflict:
-            continue
+            records = store.step_records(workflow_id)
+            pending = [s for s in step_ids if records.get(s, {}).get("state") == "pending"]

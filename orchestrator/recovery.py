@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from orchestrator.dispatch import dispatch
+from orchestrator.dispatch import dispatch_stored
 from orchestrator.service import Orchestrator
 from orchestrator.states import WORKFLOW_FINAL
 from workers.runtime import finish_workflow
@@ -47,7 +47,9 @@ def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> Swe
                 continue
             if not dispatched and now - float(submitted or now) > undispatched_after_s:
                 log.warning("workflow %s was stored but never dispatched: dispatching", wid)
-                dispatch(orchestrator.app, store, wid, orchestrator.settings.default_step_timeout_s)
+                dispatch_stored(
+                    orchestrator.app, store, wid, orchestrator.settings.default_step_timeout_s
+                )
                 report.dispatched.append(wid)
             elif int(done or 0) >= int(total or 0) and finish_workflow(store, wid):
                 log.warning("workflow %s had ended without being finished: finished", wid)

@@ -171,7 +171,15 @@ class Orchestrator:
         workflow_id = uuid.uuid4().hex
         stored_id, created = self.store.create(workflow_id, workflow, compiled)
         if created:
-            dispatch(self.app, self.store, stored_id, self.settings.default_step_timeout_s)
+            dispatch(
+                self.app,
+                self.store,
+                stored_id,
+                compiled.canvas,
+                {s.id: s.to_json() for s in workflow.steps},
+                workflow.priority.value,
+                self.settings.default_step_timeout_s,
+            )
         return Submission(stored_id, created)
 
     # -- control ---------------------------------------------------------------------

@@ -74,7 +74,7 @@ class StepRuntime:
         )
         self._after(lambda h: h.after_success(attempt.call, result_json, elapsed))
         if applied.complete:
-            self._finish_workflow(workflow_id)
+            finish_workflow(self.store, workflow_id)
         return {"workflow_id": workflow_id, "step_id": step_id, "state": "succeeded"}
 
     # -- claiming ----------------------------------------------------------------------
@@ -87,12 +87,12 @@ class StepRuntime:
                 # Already decided (a duplicate message, or stopped by cancel or policy):
                 # acknowledge without running and without continuing the chain.
                 raise Ignore()
-            if view.workflow_state in WORKFLOW_FINAL:
-                self._stop_unstarted(view)
-                raise Ignore()
             redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
             if state == StepState.running and not redelivered:
                 # Another copy of this message is running it right now.
+                raise Ignore()
+            if view.workflow_state in WORKFLOW_FINAL:
+                self._stop_unstarted(view)
                 raise Ignore()
             definition = self.registry.get(task.name)
             if definition is None:
@@ -227,7 +227,7 @@ class StepRuntime:
             raise task.retry(countdown=delay, max_retries=None, exc=exc)
         applied = self._fail_for_good(attempt, error, exc)
         if applied.complete:
-            self._finish_workflow(attempt.call.workflow_id)
+            finish_workflow(self.store, attempt.call.workflow_id)
         raise StepFailed(
             f"workflow {attempt.call.workflow_id} step {attempt.call.step_id} "
             f"({attempt.call.task}) failed after {attempt.call.attempt} attempt(s): {error}"
@@ -268,9 +268,6 @@ class StepRuntime:
         # worker applies the policy the stored definition shows.
         own = attempt.view.definition.get("retry")
         return RetryPolicy.model_validate(own) if own else RetryPolicy(max_attempts=1)
-
-    def _finish_workflow(self, workflow_id: str) -> None:
-        finish_workflow(self.store, workflow_id)
 
     def _after(self, hook_call: Any) -> None:
         for hook in reversed(self.hooks):
