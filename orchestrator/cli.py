@@ -102,17 +102,26 @@ def validate(files: Sequence[Path]) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--durations",
+    type=click.Path(path_type=Path),
+    help="YAML/JSON mapping of step id to expected seconds (default: 1 s a step).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(file: Path, as_json: bool) -> None:
-    """The compiled canvas, critical path and width."""
-    from orchestrator.planning import make_plan
+def plan(file: Path, durations: Path | None, as_json: bool) -> None:
+    """Compiled structure, critical path, width, and estimated makespans."""
+    from orchestrator.planning import check_durations, make_plan
     from orchestrator.service import SpecChecker
     from orchestrator.validate import load_spec_file
 
-    settings = _settings()
-    checker = SpecChecker(settings)
+    checker = SpecChecker(_settings())
     workflow = checker.check(load_spec_file(file), str(file))
-    the_plan = make_plan(workflow)
+    expected = (
+        check_durations(load_spec_file(durations), workflow, str(durations))
+        if durations is not None
+        else None
+    )
+    the_plan = make_plan(workflow, checker.topology, expected)
     if as_json:
         click.echo(json.dumps(the_plan.to_json(), indent=2))
     else:

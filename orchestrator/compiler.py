@@ -1,21 +1,24 @@
-"""Compile a workflow's DAG to a canvas of chains, groups and chords.
+"""Compile a workflow's DAG to a canvas of chains, groups and chords, plus counters.
 
 Pure: the canvas here is plain data; ``orchestrator.dispatch`` turns it into Celery
 signatures. Series-parallel graphs (everything the stages form can write, and any steps
-form graph without an "N" in it) compile exactly: the canvas orders two steps if and only
-if the DAG does. A part of the graph that is not series-parallel is compiled by levels
-(a chain of groups of steps at the same depth), which respects every edge but can make a
-step wait for a step it does not depend on; ``Compiled.exact`` says whether that happened
-and ``Compiled.levelled`` which steps it touched.
+form graph without an "N" in it) compile to a canvas that orders two steps if and only if
+the DAG does. A connected part of the graph that is not series-parallel (``a→c, b→c,
+b→d``) cannot be written as chains, groups and chords without making some step wait for
+one it does not depend on; its steps run on dependency counters instead: each such step
+waits in Redis for a count of unfinished dependencies, which the step runtime decrements
+atomically as each dependency ends, and is published when the count reaches zero. Either
+way a step starts as soon as its own dependencies have finished, and no sooner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 from orchestrator.dag import Graph
+from orchestrator.model import Workflow
 
 
 @dataclass(frozen=True)
@@ -46,23 +49,38 @@ Node = Union[Task, Chain, Group, Chord]  # noqa: UP007 - recursive alias of data
 
 @dataclass(frozen=True)
 class Compiled:
-    canvas: Node
-    exact: bool
-    levelled: frozenset[str] = field(default_factory=frozenset)
+    """``canvas`` runs the series-parallel parts (None if there are none); the steps in
+    ``counters`` run on dependency counters."""
+
+    canvas: Node | None
+    counters: frozenset[str] = field(default_factory=frozenset)
+
+
+class _NotSeriesParallel(Exception):
+    pass
 
 
 def compile_graph(graph: Graph) -> Compiled:
-    """The canvas for ``graph``; raises CycleError if it has a cycle."""
+    """Canvas and counter steps for ``graph``; raises CycleError if it has a cycle."""
     if not graph.nodes:
         raise ValueError("a workflow needs at least one step to compile")
     order = graph.topological_order()
     compiler = _Compiler(graph, order)
-    shape = compiler.decompose(order)
-    return Compiled(
-        canvas=_with_chords(shape),
-        exact=not compiler.levelled,
-        levelled=frozenset(compiler.levelled),
-    )
+    canvases: list[Node] = []
+    counters: set[str] = set()
+    # Parts that share no edge are independent: each one that is series-parallel keeps
+    # its canvas even when another part needs counters.
+    for part in compiler.components(order):
+        try:
+            canvases.append(_with_chords(compiler.decompose(part)))
+        except _NotSeriesParallel:
+            counters.update(part)
+    canvas: Node | None = None
+    if len(canvases) == 1:
+        canvas = canvases[0]
+    elif canvases:
+        canvas = Group(tuple(canvases))
+    return Compiled(canvas=canvas, counters=frozenset(counters))
 
 
 class _Compiler:
@@ -71,21 +89,22 @@ class _Compiler:
         self.rank = {n: i for i, n in enumerate(order)}
         self.bit = {n: 1 << i for i, n in enumerate(graph.nodes)}
         self.below = graph.descendant_masks(order)
-        self.levelled: set[str] = set()
 
     def decompose(self, nodes: Sequence[str]) -> Node:
         """``nodes`` in topological order; returns a Task, Chain or Group (no chords yet)."""
         if len(nodes) == 1:
             return Task(nodes[0])
-        parts = self._components(nodes)
+        parts = self.components(nodes)
         if len(parts) > 1:
             return Group(tuple(self.decompose(part) for part in parts))
         segments = self._series_segments(nodes)
         if len(segments) == 1:
-            return self._by_levels(nodes)
+            # Connected, and no cut orders all of one side before all of the other: the
+            # part contains an "N" and no canvas expresses it exactly.
+            raise _NotSeriesParallel()
         return _chain(self.decompose(seg) for seg in segments)
 
-    def _components(self, nodes: Sequence[str]) -> list[list[str]]:
+    def components(self, nodes: Sequence[str]) -> list[list[str]]:
         """Weakly connected parts, each in topological order, ordered by first node."""
         inside = set(nodes)
         seen: set[str] = set()
@@ -128,23 +147,6 @@ class _Compiler:
                 current, common = [], -1
         segments.append(current)
         return segments
-
-    def _by_levels(self, nodes: Sequence[str]) -> Node:
-        """Not series-parallel: a chain of groups by depth. Respects every edge; may add
-        waits between steps that do not depend on each other."""
-        self.levelled.update(nodes)
-        inside = set(nodes)
-        depth: dict[str, int] = {}
-        for node in nodes:
-            deps = [depth[d] for d in self.graph.preds[node] if d in inside]
-            depth[node] = 1 + max(deps) if deps else 0
-        levels: list[list[str]] = [[] for _ in range(max(depth.values()) + 1)]
-        for node in nodes:
-            levels[depth[node]].append(node)
-        return _chain(
-            Task(level[0]) if len(level) == 1 else Group(tuple(Task(n) for n in level))
-            for level in levels
-        )
 
 
 def _chain(items: Iterator[Node] | Sequence[Node]) -> Node:
@@ -256,3 +258,47 @@ def from_json(data: Any) -> Node:
         return Group(tuple(from_json(i) for i in data["group"]))
     chord = data["chord"]
     return Chord(tuple(from_json(i) for i in chord["header"]), from_json(chord["body"]))
+
+
+def canvas_timeline(
+    node: Node, durations: Mapping[str, float], start: float = 0.0
+) -> dict[str, tuple[float, float]]:
+    """When each step of the canvas starts and ends with unlimited workers: Celery's
+    semantics of chain, group and chord, made executable."""
+    out: dict[str, tuple[float, float]] = {}
+    _timeline(node, durations, start, out)
+    return out
+
+
+def _timeline(
+    node: Node, durations: Mapping[str, float], start: float, out: dict[str, tuple[float, float]]
+) -> float:
+    if isinstance(node, Task):
+        end = start + durations.get(node.step, 1.0)
+        out[node.step] = (start, end)
+        return end
+    if isinstance(node, Chain):
+        for item in node.items:
+            start = _timeline(item, durations, start, out)
+        return start
+    if isinstance(node, Group):
+        return max((_timeline(i, durations, start, out) for i in node.items), default=start)
+    header_end = max((_timeline(i, durations, start, out) for i in node.header), default=start)
+    return _timeline(node.body, durations, header_end, out)
+
+
+def plan_timeline(
+    compiled: Compiled, graph: Graph, durations: Mapping[str, float]
+) -> dict[str, tuple[float, float]]:
+    """Start and end of every step under the compiled plan with unlimited workers: the
+    canvas as Celery runs it, counter steps as soon as their counts reach zero."""
+    out = canvas_timeline(compiled.canvas, durations) if compiled.canvas is not None else {}
+    for step in graph.topological_order():
+        if step in compiled.counters:
+            begin = max((out[dep][1] for dep in graph.preds[step]), default=0.0)
+            out[step] = (begin, begin + durations.get(step, 1.0))
+    return out
+
+
+def compile_workflow(workflow: Workflow) -> Compiled:
+    return compile_graph(Graph.from_after({s.id: s.after for s in workflow.steps}))

@@ -6,6 +6,7 @@ Pure: works on step ids and ``after`` lists only.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -132,39 +133,51 @@ def critical_path(
 def simulate(
     graph: Graph,
     durations: Mapping[str, float],
-    slots: int | None = None,
+    slots: int | Mapping[str, int] | None = None,
     order: Sequence[str] | None = None,
+    classes: Mapping[str, str] | None = None,
 ) -> tuple[float, int]:
-    """List-schedule the DAG on ``slots`` workers (None: unlimited), ready steps first come
-    first served in declaration order. Returns (makespan, most steps running at once)."""
+    """List-schedule the DAG, ready steps first come first served in declaration order.
+
+    ``slots``: None for unlimited workers, a number for one shared pool, or workers per
+    class when ``classes`` maps each step to its class (a step runs only in its class's
+    pool). Returns (makespan, most steps running at once).
+    """
     rank = {n: i for i, n in enumerate(order or graph.topological_order())}
+    klass = classes or {}
+    if isinstance(slots, Mapping):
+        limits: dict[str, float] = {k: float(v) for k, v in slots.items()}
+    else:
+        limits = {"": math.inf if slots is None else float(slots)}
+        klass = {}
     missing = {n: len(graph.preds[n]) for n in graph.nodes}
-    ready = [(0.0, rank[n], n) for n in graph.nodes if missing[n] == 0]
-    heapq.heapify(ready)
-    running: list[tuple[float, str]] = []
+    ready: dict[str, list[tuple[float, int, str]]] = {k: [] for k in limits}
+    busy = dict.fromkeys(limits, 0)
+    for n in graph.nodes:
+        if missing[n] == 0:
+            heapq.heappush(ready[klass.get(n, "")], (0.0, rank[n], n))
+    running: list[tuple[float, int, str]] = []
     now, makespan, widest = 0.0, 0.0, 0
-    while ready or running:
-        while ready and (slots is None or len(running) < slots) and ready[0][0] <= now:
-            _, _, node = heapq.heappop(ready)
-            end = now + durations.get(node, 1.0)
-            heapq.heappush(running, (end, node))
+    while running or any(ready.values()):
+        for k, queue in ready.items():
+            while queue and busy[k] < limits[k] and queue[0][0] <= now:
+                _, r, node = heapq.heappop(queue)
+                heapq.heappush(running, (now + durations.get(node, 1.0), r, node))
+                busy[k] += 1
         widest = max(widest, len(running))
         if not running:
-            now = ready[0][0]
+            now = min(q[0][0] for q in ready.values() if q)
             continue
-        now, node = heapq.heappop(running)
+        now = running[0][0]
         makespan = max(makespan, now)
-        for nxt in graph.succs[node]:
-            missing[nxt] -= 1
-            if missing[nxt] == 0:
-                heapq.heappush(ready, (now, rank[nxt], nxt))
         # Everything finishing at the same instant frees its slot before we schedule.
         while running and running[0][0] <= now:
-            _, done = heapq.heappop(running)
+            _, _, done = heapq.heappop(running)
+            busy[klass.get(done, "")] -= 1
             for nxt in graph.succs[done]:
                 missing[nxt] -= 1
                 if missing[nxt] == 0:
-                    heapq.heappush(ready, (now, rank[nxt], nxt))
+                    heapq.heappush(ready[klass.get(nxt, "")], (now, rank[nxt], nxt))
     return makespan, widest
 
 

@@ -1,15 +1,17 @@
-"""Turn a compiled canvas into Celery signatures and publish it.
+"""Turn a compiled plan into Celery messages and publish them.
 
 The only module that builds Celery canvas objects. Each step becomes an immutable
 signature of its task with ``(workflow_id, step_id)`` as arguments: steps read their
-inputs from the state store by step id, so no result travels inside a message.
+inputs from the state store by step id, so no result travels inside a message. The canvas
+part is published as one chain/group/chord; steps that run on counters are published one
+by one, the first ones here and the rest by the step runtime as their counts reach zero.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery import Celery, chain, chord, group
@@ -17,31 +19,33 @@ from celery.canvas import Signature
 
 from config.queues import queue_for
 from config.settings import Settings
-from orchestrator.compiler import Chain, Chord, Group, Node, Task, first_steps, from_json
+from orchestrator.compiler import Chain, Chord, Compiled, Group, Node, Task, first_steps, from_json
 from orchestrator.states import StepState
 from orchestrator.store import Change, Conflict, StateStore
 
+StepDefs = Mapping[str, Mapping[str, Any]]
+
+
+def step_signature(
+    app: Celery, workflow_id: str, step_id: str, step: Mapping[str, Any], priority: str
+) -> Signature:
+    soft = float(step["timeout_s"])
+    return app.signature(
+        step["task"],
+        args=(workflow_id, step_id),
+        immutable=True,
+        queue=queue_for(step.get("priority") or priority),
+        soft_time_limit=soft,
+        time_limit=Settings.hard_limit_s(soft),
+    )
+
 
 def build_signature(
-    app: Celery,
-    workflow_id: str,
-    node: Node,
-    defs: Mapping[str, Mapping[str, Any]],
-    workflow_priority: str,
-    default_timeout_s: float,
+    app: Celery, workflow_id: str, node: Node, defs: StepDefs, priority: str
 ) -> Signature:
     def build(n: Node) -> Signature:
         if isinstance(n, Task):
-            step = defs[n.step]
-            soft = float(step.get("timeout_s") or default_timeout_s)
-            return app.signature(
-                step["task"],
-                args=(workflow_id, n.step),
-                immutable=True,
-                queue=queue_for(step.get("priority") or workflow_priority),
-                soft_time_limit=soft,
-                time_limit=Settings.hard_limit_s(soft),
-            )
+            return step_signature(app, workflow_id, n.step, defs[n.step], priority)
         if isinstance(n, Chain):
             return chain(*(build(i) for i in n.items), app=app)
         if isinstance(n, Group):
@@ -56,39 +60,49 @@ def dispatch(
     app: Celery,
     store: StateStore,
     workflow_id: str,
-    canvas: Node,
-    defs: Mapping[str, Mapping[str, Any]],
+    compiled: Compiled,
+    defs: StepDefs,
     priority: str,
-    default_timeout_s: float,
 ) -> None:
-    """Publish a workflow's canvas. Safe to repeat: a step already claimed or finished
-    ignores a second message for it."""
-    signature = build_signature(app, workflow_id, canvas, defs, priority, default_timeout_s)
-    _mark_queued(store, workflow_id, first_steps(canvas))
-    signature.apply_async()
+    """Publish a workflow. Safe to repeat: a step already claimed or finished ignores a
+    second message for it."""
+    sources = [s for s in sorted(compiled.counters) if not defs[s]["after"]]
+    first = (first_steps(compiled.canvas) if compiled.canvas is not None else []) + sources
+    mark_queued(store, workflow_id, first)
+    if compiled.canvas is not None:
+        build_signature(app, workflow_id, compiled.canvas, defs, priority).apply_async()
+    for step_id in sources:
+        step_signature(app, workflow_id, step_id, defs[step_id], priority).apply_async()
     store.set_fields(workflow_id, {"dispatched_at": repr(time.time())})
 
 
-def dispatch_stored(
-    app: Celery, store: StateStore, workflow_id: str, default_timeout_s: float
-) -> None:
+def dispatch_stored(app: Celery, store: StateStore, workflow_id: str) -> None:
     """Publish a workflow from what the state store holds (recovery after a crash)."""
     fields = store.workflow_fields(workflow_id)
-    canvas = from_json(json.loads(fields["canvas"]))
-    dispatch(
-        app,
-        store,
-        workflow_id,
-        canvas,
-        store.step_defs(workflow_id),
-        fields["priority"],
-        default_timeout_s,
+    stored_canvas = json.loads(fields["canvas"])
+    defs = store.step_defs(workflow_id)
+    compiled = Compiled(
+        canvas=from_json(stored_canvas) if stored_canvas is not None else None,
+        counters=frozenset(sid for sid, d in defs.items() if d.get("counter")),
     )
+    dispatch(app, store, workflow_id, compiled, defs, fields["priority"])
 
 
-def _mark_queued(store: StateStore, workflow_id: str, step_ids: list[str]) -> None:
-    """Record the first steps as queued before their messages can be taken. On a first
-    dispatch they are all pending; a repeated dispatch reads which still are."""
+def publish_steps(
+    app: Celery, store: StateStore, workflow_id: str, step_ids: Iterable[str], priority: str
+) -> None:
+    """Publish counter steps whose dependencies have all ended (the runtime calls this)."""
+    ids = list(step_ids)
+    if not ids:
+        return
+    defs = store.step_defs_of(workflow_id, ids)
+    for step_id in ids:
+        step_signature(app, workflow_id, step_id, defs[step_id], priority).apply_async()
+
+
+def mark_queued(store: StateStore, workflow_id: str, step_ids: list[str]) -> None:
+    """Record steps as queued before their messages can be taken. On a first dispatch
+    they are all pending; a repeated dispatch reads which still are."""
     pending = list(step_ids)
     for _ in range(8):
         now = time.time()

@@ -34,6 +34,9 @@ class Keys:
     def audit(self, workflow_id: str) -> str:
         return f"{self.prefix}:wf:{workflow_id}:audit"
 
+    def waiting(self, workflow_id: str) -> str:
+        return f"{self.prefix}:wf:{workflow_id}:waiting"
+
     def of_workflow(self, workflow_id: str) -> list[str]:
         """Every key that belongs to one workflow."""
         return [
@@ -42,6 +45,7 @@ class Keys:
             self.steps(workflow_id),
             self.results(workflow_id),
             self.audit(workflow_id),
+            self.waiting(workflow_id),
         ]
 
     @property

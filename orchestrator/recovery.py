@@ -47,9 +47,7 @@ def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> Swe
                 continue
             if not dispatched and now - float(submitted or now) > undispatched_after_s:
                 log.warning("workflow %s was stored but never dispatched: dispatching", wid)
-                dispatch_stored(
-                    orchestrator.app, store, wid, orchestrator.settings.default_step_timeout_s
-                )
+                dispatch_stored(orchestrator.app, store, wid)
                 report.dispatched.append(wid)
             elif int(done or 0) >= int(total or 0) and finish_workflow(store, wid):
                 log.warning("workflow %s had ended without being finished: finished", wid)

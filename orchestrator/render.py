@@ -71,20 +71,41 @@ def _canvas_tree(node: Node, tree: Tree, tasks: dict[str, str]) -> None:
 
 def plan(console: Console, the_plan: Plan) -> None:
     wf = the_plan.workflow
+    compiled = the_plan.compiled
     tree = Tree(f"[bold]{wf.name}[/] ({len(wf.steps)} steps, priority {wf.priority.value})")
-    _canvas_tree(the_plan.compiled.canvas, tree, {s.id: s.task for s in wf.steps})
-    console.print(tree)
-    if the_plan.compiled.exact:
-        console.print("exact: yes (the canvas orders two steps only where the graph does)")
-    else:
-        console.print(
-            "exact: [yellow]no[/] - not series-parallel; compiled by levels, so some of "
-            f"{sorted(the_plan.compiled.levelled)} may wait for steps they do not depend on"
+    tasks = {s.id: s.task for s in wf.steps}
+    if compiled.canvas is not None:
+        _canvas_tree(compiled.canvas, tree, tasks)
+    if compiled.counters:
+        after = {s.id: s.after for s in wf.steps}
+        branch = tree.add(
+            "[green]counters[/] (not series-parallel: each step starts when its own "
+            "dependencies are done)"
         )
+        for step in wf.steps:
+            if step.id in compiled.counters:
+                deps = ", ".join(after[step.id]) or "nothing"
+                branch.add(f"[bold]{step.id}[/] [dim]{step.task}[/] waits for {deps}")
+    console.print(tree)
+    unit = "s" if the_plan.durations_given else "s (1 s a step: pass --durations FILE)"
     console.print(
-        f"critical path: {' -> '.join(the_plan.critical_path)} ({the_plan.critical_length:g} steps)"
+        f"critical path: {' -> '.join(the_plan.critical_path)} "
+        f"({the_plan.critical_length_s:g} {unit})"
     )
     console.print(f"width: {the_plan.width} (most steps that can run at once)")
+    est = the_plan.estimates
+    pools = ", ".join(f"{k} {v}" for k, v in sorted(est.slots.items()))
+    table = Table(title="estimated makespan", show_edge=False, header_style="bold")
+    for column in ("architecture", "makespan", "vs sequential"):
+        table.add_column(column)
+    for label, value in (
+        ("all sequential (the long walk)", est.sequential_s),
+        ("unlimited parallel (the short path)", est.parallel_s),
+        (f"as configured ({pools} workers)", est.configured_s),
+    ):
+        ratio = value / est.sequential_s if est.sequential_s else 1.0
+        table.add_row(label, f"{value:g} s", f"{ratio:.0%}")
+    console.print(table)
 
 
 # -- status --------------------------------------------------------------------------------

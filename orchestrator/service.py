@@ -18,14 +18,13 @@ from celery import Celery
 from config.celery_app import make_app, resolve_redis_url
 from config.settings import Settings
 from config.topology import Topology, load_topology
-from orchestrator.compiler import Compiled, compile_graph
-from orchestrator.dag import Graph
+from orchestrator.compiler import compile_workflow
 from orchestrator.dispatch import dispatch
 from orchestrator.errors import InvalidInput, Problem, Unreachable
 from orchestrator.keys import Keys
 from orchestrator.model import Workflow
 from orchestrator.states import STEP_NOT_STARTED, WORKFLOW_FINAL, StepState, WorkflowState
-from orchestrator.store import Change, Conflict, StateStore
+from orchestrator.store import Change, Conflict, StateStore, step_definitions
 from orchestrator.validate import Limits, validate
 from workers.registry import Registry, load_task_modules
 
@@ -34,10 +33,6 @@ from workers.registry import Registry, load_task_modules
 class Submission:
     id: str
     created: bool  # False: the idempotency key was used before; ``id`` is the first one
-
-
-def compile_workflow(workflow: Workflow) -> Compiled:
-    return compile_graph(Graph.from_after({s.id: s.after for s in workflow.steps}))
 
 
 def with_overrides(
@@ -63,6 +58,7 @@ class SpecChecker:
 
     def __init__(self, settings: Settings):
         self.task_modules = settings.task_module_list()
+        self.default_timeout_s = settings.default_step_timeout_s
         self.registry: Registry = load_task_modules(self.task_modules)
         self.topology: Topology = load_topology(settings.topology)
         self.limits = Limits(
@@ -104,7 +100,7 @@ class SpecChecker:
         for step in workflow.steps:
             definition = self.registry.get(step.task)
             assert definition is not None  # validate() checked every task name
-            timeout_s = step.timeout_s or definition.timeout_s
+            timeout_s = step.timeout_s or definition.timeout_s or self.default_timeout_s
             if timeout_s is not None and timeout_s > self.limits.max_step_timeout_s:
                 problems.append(
                     Problem(
@@ -175,10 +171,9 @@ class Orchestrator:
                 self.app,
                 self.store,
                 stored_id,
-                compiled.canvas,
-                {s.id: s.to_json() for s in workflow.steps},
+                compiled,
+                step_definitions(workflow, compiled),
                 workflow.priority.value,
-                self.settings.default_step_timeout_s,
             )
         return Submission(stored_id, created)
 

@@ -41,6 +41,7 @@ class Change:
     fields: Mapping[str, Any] = field(default_factory=dict)
     record: Mapping[str, Any] = field(default_factory=dict)
     result_json: str | None = None
+    release: Sequence[str] = ()  # counter dependents whose count this change lowers
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Applied:
     steps_done: int
     steps_total: int
     workflow_state: str
+    ready: tuple[str, ...] = ()  # counter steps whose last dependency this change ended
 
     @property
     def complete(self) -> bool:
@@ -77,6 +79,18 @@ class StepView:
     params: dict[str, Any]
     results: dict[str, Any]
     audit_tail: str
+
+
+def step_definitions(workflow: Workflow, compiled: Compiled) -> dict[str, dict[str, Any]]:
+    """What is stored of each step: its spec, and for counter steps whom they release."""
+    defs = {s.id: s.to_json() for s in workflow.steps}
+    for step in workflow.steps:
+        for dep in step.after:
+            if step.id in compiled.counters:
+                defs[dep].setdefault("release", []).append(step.id)
+    for sid in compiled.counters:
+        defs[sid]["counter"] = True
+    return defs
 
 
 class StateStore:
@@ -109,10 +123,10 @@ class StateStore:
             "steps_done": 0,
             "steps_failed": 0,
             "order": json.dumps([s.id for s in workflow.steps]),
-            "canvas": json.dumps(to_json(compiled.canvas)),
-            "exact": int(compiled.exact),
+            "canvas": json.dumps(to_json(compiled.canvas) if compiled.canvas is not None else None),
         }
-        defs = {s.id: s.to_json() for s in workflow.steps}
+        defs = step_definitions(workflow, compiled)
+        waiting = {sid: len(defs[sid]["after"]) for sid in compiled.counters if defs[sid]["after"]}
         records = {s.id: {"state": StepState.pending.value, "attempts": 0} for s in workflow.steps}
         first, tail = audit.seal(
             {
@@ -137,17 +151,19 @@ class StateStore:
                 self.keys.audit(workflow_id),
                 self.keys.index,
                 idem,
+                self.keys.waiting(workflow_id),
             ],
             args=[
                 workflow_id,
                 json.dumps(fields),
-                json.dumps(defs),
-                json.dumps(records),
+                json.dumps({sid: json.dumps(d) for sid, d in defs.items()}),
+                json.dumps({sid: json.dumps(r) for sid, r in records.items()}),
                 first,
                 tail,
                 repr(now),
                 self.state_ttl_s,
                 self.keys.workflow(""),
+                json.dumps(waiting),
             ],
         )
         return _text(wid), _text(outcome) == "created"
@@ -165,6 +181,7 @@ class StateStore:
             self.keys.steps(workflow_id),
             self.keys.audit(workflow_id),
             self.keys.results(workflow_id),
+            self.keys.waiting(workflow_id),
         ]
         if tail is None:
             tail = _text(self.redis.hget(keys[0], "audit_tail") or b"")
@@ -189,11 +206,17 @@ class StateStore:
                     json.dumps(change.fields),
                     text,
                     change.result_json or "",
+                    json.dumps(list(change.release)) if change.release else "",
                 ]
             reply = self._call(self._transition, keys=keys, args=[tail, prev, len(changes), *args])
             status = _text(reply[0])
             if status == "ok":
-                return Applied(int(reply[1] or 0), int(reply[2] or 0), _text(reply[3]))
+                return Applied(
+                    int(reply[1] or 0),
+                    int(reply[2] or 0),
+                    _text(reply[3]),
+                    tuple(_text(r) for r in reply[4:]),
+                )
             if status == "stale":
                 tail = _text(reply[1])
                 continue
@@ -246,6 +269,10 @@ class StateStore:
     def step_defs(self, workflow_id: str) -> dict[str, dict[str, Any]]:
         raw = self._guard(lambda: self.redis.hgetall(self.keys.defs(workflow_id)))
         return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    def step_defs_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, dict[str, Any]]:
+        raw = self._guard(lambda: self.redis.hmget(self.keys.defs(workflow_id), step_ids))
+        return {sid: json.loads(v) for sid, v in zip(step_ids, raw, strict=True) if v is not None}
 
     def results(self, workflow_id: str) -> dict[str, Any]:
         raw = self._guard(lambda: self.redis.hgetall(self.keys.results(workflow_id)))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestrator.compiler import (
     Chain,
@@ -21,6 +22,7 @@ from orchestrator.compiler import (
     first_steps,
     from_json,
     happens_before,
+    plan_timeline,
     steps_of,
     to_json,
 )
@@ -71,90 +73,100 @@ def assert_well_formed(node: Node) -> None:
 # Properties over random graphs
 
 
+def canvas_of(result: Compiled) -> Node:
+    assert result.canvas is not None
+    return result.canvas
+
+
+@FAST
+@given(shuffled(dags()), st.data())
+def test_every_step_starts_exactly_when_its_own_dependencies_end(after: Dag, data: Any) -> None:
+    # The compiled plan, executed with unlimited workers and arbitrary durations: no step
+    # starts before a dependency ends, and none waits for anything else.
+    graph = Graph.from_after(after)
+    durations = {n: data.draw(st.floats(min_value=0.01, max_value=10.0), label=n) for n in after}
+    timeline = plan_timeline(compile_graph(graph), graph, durations)
+    for step, deps in after.items():
+        start, end = timeline[step]
+        assert end == pytest.approx(start + durations[step])
+        assert start == pytest.approx(max((timeline[d][1] for d in deps), default=0.0))
+
+
 @FAST
 @given(shuffled(dags()))
-def test_canvas_respects_every_dependency_and_inverts_none(after: Dag) -> None:
+def test_canvas_respects_every_dependency_and_adds_none(after: Dag) -> None:
     graph = Graph.from_after(after)
     result = compile_graph(graph)
-    order = happens_before(result.canvas)
     closure = graph.closure()
-    assert closure <= order, f"dependencies lost: {sorted(closure - order)}"
-    inverted = {(a, b) for a, b in order if (b, a) in closure}
-    assert not inverted, f"inverted: {sorted(inverted)}"
-    assert all(a != b for a, b in order)
+    if result.canvas is not None:
+        order = happens_before(result.canvas)
+        inside = set(steps_of(result.canvas))
+        assert order == {(a, b) for a, b in closure if a in inside and b in inside}
+        assert_well_formed(result.canvas)
+    # Counter steps form closed parts: no edge crosses between them and the canvas.
+    for a, b in closure:
+        assert (a in result.counters) == (b in result.counters)
 
 
 @FAST
 @given(shuffled(dags()))
-def test_every_step_appears_exactly_once(after: Dag) -> None:
-    canvas = compiled(after).canvas
-    found = steps_of(canvas)
-    assert len(found) == len(after)
-    assert set(found) == set(after)
-    assert_well_formed(canvas)
-
-
-@FAST
-@given(shuffled(dags()))
-def test_exact_means_no_false_dependency(after: Dag) -> None:
-    graph = Graph.from_after(after)
-    result = compile_graph(graph)
-    order, closure = happens_before(result.canvas), graph.closure()
-    assert result.exact == (order == closure)
-    assert result.exact == (not result.levelled)
-    # Any extra wait is between two steps the levelling touched.
-    for a, b in order - closure:
-        assert a in result.levelled
-        assert b in result.levelled
+def test_every_step_is_in_the_canvas_or_on_counters_once(after: Dag) -> None:
+    result = compiled(after)
+    found = steps_of(result.canvas) if result.canvas is not None else []
+    assert len(found) == len(set(found))
+    assert set(found).isdisjoint(result.counters)
+    assert set(found) | result.counters == set(after)
 
 
 @FAST
 @given(series_parallel_dags())
-def test_series_parallel_graphs_compile_exactly(after: Dag) -> None:
+def test_series_parallel_graphs_need_no_counters(after: Dag) -> None:
     graph = Graph.from_after(after)
     result = compile_graph(graph)
-    assert result.exact
-    assert result.levelled == frozenset()
-    assert happens_before(result.canvas) == graph.closure()
+    assert result.counters == frozenset()
+    assert happens_before(canvas_of(result)) == graph.closure()
 
 
 @FAST
 @given(shuffled(series_parallel_dags()))
-def test_series_parallel_exactness_does_not_depend_on_declaration_order(after: Dag) -> None:
+def test_series_parallel_compiles_the_same_whatever_the_declaration_order(after: Dag) -> None:
     graph = Graph.from_after(after)
     result = compile_graph(graph)
-    assert result.exact
-    assert happens_before(result.canvas) == graph.closure()
+    assert result.counters == frozenset()
+    assert happens_before(canvas_of(result)) == graph.closure()
 
 
 @FAST
 @given(series_parallel_dags())
-def test_redundant_edges_do_not_spoil_exactness(after: Dag) -> None:
+def test_redundant_edges_keep_a_series_parallel_graph_on_the_canvas(after: Dag) -> None:
     # Adding every implied edge (the transitive closure) keeps the same order.
     closure = Graph.from_after(after).closure()
     full = {n: tuple(a for a in after if (a, n) in closure) for n in after}
     result = compiled(full)
-    assert result.exact
-    assert happens_before(result.canvas) == closure
+    assert result.counters == frozenset()
+    assert happens_before(canvas_of(result)) == closure
 
 
 @FAST
 @given(shuffled(dags()))
-def test_first_steps_are_the_steps_nothing_precedes(after: Dag) -> None:
-    canvas = compiled(after).canvas
-    order = happens_before(canvas)
-    waiting = {b for _, b in order}
-    first = first_steps(canvas)
+def test_first_steps_are_the_canvas_steps_nothing_precedes(after: Dag) -> None:
+    result = compiled(after)
+    if result.canvas is None:
+        return
+    first = first_steps(result.canvas)
     assert len(first) == len(set(first))
-    assert set(first) == set(after) - waiting
-    # Exactly the steps that wait for nothing start first, even when levelled.
-    assert set(first) == {s for s, deps in after.items() if not deps}
+    waiting = {b for _, b in happens_before(result.canvas)}
+    assert set(first) == set(steps_of(result.canvas)) - waiting
+    assert set(first) == {s for s, deps in after.items() if not deps} - result.counters
 
 
 @FAST
 @given(shuffled(dags()))
 def test_json_round_trip(after: Dag) -> None:
-    canvas = compiled(after).canvas
+    result = compiled(after)
+    if result.canvas is None:
+        return
+    canvas = result.canvas
     assert from_json(to_json(canvas)) == canvas
     assert from_json(json.loads(json.dumps(to_json(canvas)))) == canvas
 
@@ -164,26 +176,24 @@ def test_json_round_trip(after: Dag) -> None:
 
 
 def test_single_step_is_a_task() -> None:
-    assert compiled({"a": ()}) == Compiled(Task("a"), exact=True)
+    assert compiled({"a": ()}) == Compiled(Task("a"))
 
 
 def test_diamond_is_a_chain_ending_in_a_chord() -> None:
     result = compiled({"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c")})
     assert result.canvas == Chain((Task("a"), Chord(tasks("b", "c"), Task("d"))))
-    assert result.exact
+    assert result.counters == frozenset()
     assert first_steps(result.canvas) == ["a"]
 
 
-def test_n_shape_is_levelled() -> None:
-    # a -> c, b -> c, b -> d: no series or parallel split; d ends up waiting for a.
+def test_n_shape_runs_on_counters() -> None:
+    # a -> c, b -> c, b -> d: no canvas can start d without also waiting for a.
     result = compiled({"a": (), "b": (), "c": ("a", "b"), "d": ("b",)})
-    assert not result.exact
-    assert result.levelled == frozenset("abcd")
-    assert result.canvas == Chord(tasks("a", "b"), Group(tasks("c", "d")))
-    assert ("a", "d") in happens_before(result.canvas)
+    assert result.canvas is None
+    assert result.counters == frozenset("abcd")
 
 
-def test_only_the_n_part_is_levelled() -> None:
+def test_only_the_part_with_the_n_runs_on_counters() -> None:
     after: Dag = {
         "start": (),
         "a": ("start",),
@@ -192,13 +202,11 @@ def test_only_the_n_part_is_levelled() -> None:
         "d": ("b",),
         "end": ("c", "d"),
         "side": (),
+        "side2": ("side",),
     }
     result = compiled(after)
-    assert result.levelled == frozenset("abcd")
-    order = happens_before(result.canvas)
-    assert not any("side" in pair for pair in order)
-    assert ("start", "a") in order
-    assert ("d", "end") in order
+    assert result.counters == frozenset({"start", "a", "b", "c", "d", "end"})
+    assert result.canvas == Chain(tasks("side", "side2"))
 
 
 def test_parallel_stages_back_to_back() -> None:
@@ -206,7 +214,7 @@ def test_parallel_stages_back_to_back() -> None:
         [{"parallel": [step("a"), step("b")]}, {"parallel": [step("c"), step("d")]}]
     )
     assert result.canvas == Chord(tasks("a", "b"), Group(tasks("c", "d")))
-    assert result.exact
+    assert result.counters == frozenset()
 
 
 def test_parallel_stage_followed_by_more_work_is_a_chord() -> None:
@@ -225,7 +233,7 @@ def test_parallel_stage_followed_by_more_work_is_a_chord() -> None:
             Task("publish"),
         )
     )
-    assert result.exact
+    assert result.counters == frozenset()
 
 
 def test_two_fan_outs_in_a_row_are_a_flat_chain_of_chords() -> None:
@@ -271,7 +279,7 @@ def test_a_long_chain_is_one_flat_chain() -> None:
     after: Dag = {n: ((names[i - 1],) if i else ()) for i, n in enumerate(names)}
     result = compiled(after)
     assert result.canvas == Chain(tasks(*names))
-    assert result.exact
+    assert result.counters == frozenset()
 
 
 def test_ten_thousand_independent_steps_are_one_group_quickly() -> None:
@@ -280,7 +288,7 @@ def test_ten_thousand_independent_steps_are_one_group_quickly() -> None:
     result = compiled({n: () for n in names})
     elapsed = time.perf_counter() - started
     assert result.canvas == Group(tasks(*names))
-    assert result.exact
+    assert result.counters == frozenset()
     assert first_steps(result.canvas) == names
     assert elapsed < 2.0, f"took {elapsed:.2f} s"
 
@@ -291,7 +299,7 @@ def test_a_cycle_is_refused() -> None:
 
 
 def test_json_shape() -> None:
-    canvas = compiled({"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c"), "e": ()}).canvas
+    canvas = canvas_of(compiled({"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c"), "e": ()}))
     assert to_json(canvas) == {
         "group": [{"chain": ["a", {"chord": {"header": ["b", "c"], "body": "d"}}]}, "e"]
     }
@@ -305,5 +313,5 @@ def test_a_long_pipeline_of_fan_outs_compiles() -> None:
         after[f"a{i}"] = (f"t{i}",)
         after[f"b{i}"] = (f"t{i}",)
         previous = (f"a{i}", f"b{i}")
-    canvas = compiled(after).canvas
+    canvas = canvas_of(compiled(after))
     assert from_json(json.loads(json.dumps(to_json(canvas)))) == canvas

@@ -276,7 +276,7 @@ def test_a_doctored_audit_record_is_detected(client: Client, redis_client: redis
 
 
 def test_a_stored_but_undispatched_workflow_is_recovered(client: Client) -> None:
-    from orchestrator.service import compile_workflow
+    from orchestrator.compiler import compile_workflow
 
     workflow = client.orchestrator.checker.check(
         {"name": "stranded", "steps": [{"id": "a", "task": "treadle.noop"}]}

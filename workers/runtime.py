@@ -23,6 +23,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from orchestrator import audit
+from orchestrator.dispatch import publish_steps
 from orchestrator.errors import Permanent, StepError
 from orchestrator.model import RetryPolicy
 from orchestrator.states import STEP_FINAL, STEP_NOT_STARTED, WORKFLOW_FINAL, StepState
@@ -71,11 +72,19 @@ class StepRuntime:
             StepState.succeeded,
             {"finished_at": time.time(), "output_sha256": _sha256_text(result_json), "error": None},
             result_json=result_json,
+            release=attempt.view.definition.get("release") or (),
         )
         self._after(lambda h: h.after_success(attempt.call, result_json, elapsed))
-        if applied.complete:
-            finish_workflow(self.store, workflow_id)
+        self._continue(task, attempt.view, applied)
         return {"workflow_id": workflow_id, "step_id": step_id, "state": "succeeded"}
+
+    def _continue(self, task: Task, view: StepView, applied: Applied) -> None:
+        """After a step ended: start the counter steps it was the last dependency of, or
+        finish the workflow if it was the last step."""
+        if applied.ready:
+            publish_steps(task.app, self.store, view.workflow_id, applied.ready, view.priority)
+        if applied.complete:
+            finish_workflow(self.store, view.workflow_id)
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -197,6 +206,7 @@ class StepRuntime:
         fields: dict[str, Any],
         result_json: str | None = None,
         extra: Sequence[Change] = (),
+        release: Sequence[str] = (),
     ) -> Applied:
         call = attempt.call
         record = {
@@ -207,7 +217,7 @@ class StepRuntime:
             **{k: fields[k] for k in ("output_sha256", "error") if fields.get(k) is not None},
         }
         change = Change(
-            call.step_id, StepState.running.value, new.value, fields, record, result_json
+            call.step_id, StepState.running.value, new.value, fields, record, result_json, release
         )
         return self.store.apply(call.workflow_id, [change, *extra], tail=None)
 

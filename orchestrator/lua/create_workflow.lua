@@ -1,10 +1,11 @@
 -- Store a new workflow, its steps and its first audit record, all or nothing.
 -- KEYS: 1 workflow hash, 2 defs hash, 3 steps hash, 4 audit list, 5 index zset,
---       6 idempotency key ('' when the spec has none)
+--       6 idempotency key ('' when the spec has none), 7 waiting hash
 -- ARGV: 1 workflow id, 2 workflow fields (JSON object), 3 step defs (JSON object id->def),
 --       4 step records (JSON object id->record), 5 first audit record, 6 its hash,
 --       7 submitted_at, 8 ttl seconds for the idempotency key,
---       9 prefix of workflow hash keys (the key of workflow X is ARGV[9] .. X)
+--       9 prefix of workflow hash keys (the key of workflow X is ARGV[9] .. X),
+--       10 dependency counts of counter steps (JSON object id->count)
 -- Returns {'created', id} or {'exists', first_id}.
 if KEYS[6] ~= '' then
   local first = redis.call('GET', KEYS[6])
@@ -20,11 +21,16 @@ for name, value in pairs(fields) do
   redis.call('HSET', KEYS[1], name, value)
 end
 redis.call('HSET', KEYS[1], 'audit_tail', ARGV[6])
+-- Stored as the caller encoded them: decoding and re-encoding user data in Lua would turn
+-- [] into {} and round numbers to 14 digits.
 for id, def in pairs(cjson.decode(ARGV[3])) do
-  redis.call('HSET', KEYS[2], id, cjson.encode(def))
+  redis.call('HSET', KEYS[2], id, def)
 end
 for id, record in pairs(cjson.decode(ARGV[4])) do
-  redis.call('HSET', KEYS[3], id, cjson.encode(record))
+  redis.call('HSET', KEYS[3], id, record)
+end
+for id, count in pairs(cjson.decode(ARGV[10])) do
+  redis.call('HSET', KEYS[7], id, count)
 end
 redis.call('RPUSH', KEYS[4], ARGV[5])
 redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])

@@ -2,16 +2,21 @@
 -- Compare-and-set twice over: the audit chain must still end where the caller read it
 -- (the records were hashed against that tail), and every target must still be in the
 -- state the caller read (the records say "from").
--- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash
+-- A transition may also release dependents that run on counters: each one's count of
+-- unfinished dependencies drops by one, and those that reach zero are returned as ready.
+-- Being inside the compare-and-set, a release happens exactly once per transition.
+-- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N, then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
---       fields to merge (JSON object), audit record (JSON text), result (JSON text or '')
--- Returns {'ok', steps_done, steps_total, workflow_state}
+--       fields to merge (JSON object), audit record (JSON text), result (JSON text or ''),
+--       dependents to release (JSON array or '')
+-- Returns {'ok', steps_done, steps_total, workflow_state, ready step ids...}
 --      or {'stale', current_tail} or {'conflict', target, current_state}.
 local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
                   compensated=true, ['dead-lettered']=true}
 local FAILED = {failed=true, ['dead-lettered']=true}
-local wf, steps, audit, results = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local WIDTH = 7
 local tail = redis.call('HGET', wf, 'audit_tail') or ''
 if tail ~= ARGV[1] then
   return {'stale', tail}
@@ -19,7 +24,7 @@ end
 local n = tonumber(ARGV[3])
 local loaded = {}
 for i = 0, n - 1 do
-  local target, expected = ARGV[4 + i * 6], ARGV[5 + i * 6]
+  local target, expected = ARGV[4 + i * WIDTH], ARGV[5 + i * WIDTH]
   local current
   if target == '' then
     current = redis.call('HGET', wf, 'state') or ''
@@ -35,8 +40,9 @@ for i = 0, n - 1 do
     return {'conflict', target, current}
   end
 end
+local ready = {}
 for i = 0, n - 1 do
-  local base = 4 + i * 6
+  local base = 4 + i * WIDTH
   local target, old, new = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local fields = cjson.decode(ARGV[base + 3])
   if target == '' then
@@ -66,7 +72,18 @@ for i = 0, n - 1 do
     end
   end
   redis.call('RPUSH', audit, ARGV[base + 4])
+  if ARGV[base + 6] ~= '' then
+    for _, dependent in ipairs(cjson.decode(ARGV[base + 6])) do
+      if redis.call('HINCRBY', waiting, dependent, -1) == 0 then
+        table.insert(ready, dependent)
+      end
+    end
+  end
 end
 redis.call('HSET', wf, 'audit_tail', ARGV[2])
 local counts = redis.call('HMGET', wf, 'steps_done', 'steps_total', 'state')
-return {'ok', tonumber(counts[1]), tonumber(counts[2]), counts[3]}
+local reply = {'ok', tonumber(counts[1]), tonumber(counts[2]), counts[3]}
+for _, step in ipairs(ready) do
+  table.insert(reply, step)
+end
+return reply
