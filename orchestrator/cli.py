@@ -217,6 +217,21 @@ def list_(state: str | None, limit: int, as_json: bool) -> None:
         render.list_table(out, rows)
 
 
+@main.command(name="audit")
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True)
+def audit_(workflow_id: str, as_json: bool) -> None:
+    """Check the audit chain and the order of execution against the graph; exit 1 if not."""
+    with _client() as client:
+        report = client.audit(workflow_id)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        render.audit_report(out, report)
+    if not report.ok:
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("workflow_id")
 def cancel(workflow_id: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from config.settings import Settings, get_settings
 from orchestrator.audit import chain_problems
+from orchestrator.audit_report import AuditReport, audit
 from orchestrator.service import Orchestrator, Submission, with_overrides
 from orchestrator.states import WORKFLOW_FINAL
 from orchestrator.validate import load_spec_file
@@ -97,6 +98,12 @@ class Client:
 
     def cancel(self, workflow_id: str) -> str:
         return self.orchestrator.cancel(workflow_id)
+
+    def audit(self, workflow_id: str) -> AuditReport:
+        """Check the recorded run against its graph; per-step waits and run times."""
+        entries, tail = self.orchestrator.store.audit_entries(workflow_id)
+        defs = self.orchestrator.store.step_defs(workflow_id)
+        return audit(workflow_id, entries, tail, {s: d.get("after", []) for s, d in defs.items()})
 
     def audit_chain_problems(self, workflow_id: str) -> builtins.list[str]:
         """Where the stored audit chain was changed or cut (empty when intact)."""

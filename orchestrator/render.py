@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.tree import Tree
 
+from orchestrator.audit_report import AuditReport
 from orchestrator.compiler import Chain, Chord, Node, Task
 from orchestrator.compiler import Group as CanvasGroup
 from orchestrator.planning import Plan
@@ -136,6 +137,28 @@ def status_table(console: Console, status: dict[str, Any]) -> None:
     for step in status["steps"]:
         if step.get("error"):
             console.print(f"[red]{step['id']}[/]: {step['error']}")
+
+
+def audit_report(console: Console, report: AuditReport) -> None:
+    verdict = "[green]ok[/]" if report.ok else "[red]VIOLATED[/]"
+    console.print(f"audit of {report.workflow_id}: {verdict} ({report.records} records)")
+    for problem in report.problems:
+        console.print(f"  [red]{problem}[/]")
+    if not report.timings:
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("step", "attempts", "ready", "started", "waited", "ran"):
+        table.add_column(column)
+    for t in report.timings:
+        table.add_row(
+            t.step_id,
+            str(t.attempts),
+            _time(t.ready_at),
+            _time(t.started_at),
+            f"{t.wait_s:.3f}s" if t.wait_s is not None else "-",
+            f"{t.run_s:.3f}s" if t.run_s is not None else "-",
+        )
+    console.print(table)
 
 
 def list_table(console: Console, rows: Sequence[dict[str, Any]]) -> None:

@@ -10,7 +10,6 @@ import pytest
 import redis
 
 from config.queues import declare_queues
-from orchestrator.audit_order import order_problems
 from orchestrator.client import Client
 from orchestrator.stack import Stack
 from tests.conftest import wait_until
@@ -20,11 +19,10 @@ pytestmark = pytest.mark.e2e
 
 
 def faithful(client: Client, workflow_id: str) -> None:
-    """The audit chain is intact and the run respected every edge of the graph."""
-    status = client.status(workflow_id)
-    entries, _ = client.orchestrator.store.audit_entries(workflow_id)
-    assert client.audit_chain_problems(workflow_id) == []
-    assert order_problems(entries, {s["id"]: s["after"] for s in status["steps"]}) == []
+    """`treadle audit`: the chain is intact and the run respected every edge of the graph."""
+    report = client.audit(workflow_id)
+    assert report.problems == []
+    assert report.ok
 
 
 def steps_by_id(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -262,17 +260,37 @@ def test_status_json_has_the_fields_the_spec_promises(client: Client) -> None:
     assert status["submitted_at"] <= b["queued_at"]
 
 
-def test_a_doctored_audit_record_is_detected(client: Client, redis_client: redis.Redis) -> None:
-    workflow_id = client.submit({"name": "audited", "steps": [{"id": "a", "task": "treadle.noop"}]})
+def test_treadle_audit_passes_a_run_and_fails_a_doctored_one(
+    stack: Stack, client: Client, redis_client: redis.Redis
+) -> None:
+    from tests.conftest import run_cli
+
+    workflow_id = client.submit(
+        {
+            "name": "audited",
+            "steps": [
+                {"id": "a", "task": "treadle.noop"},
+                {"id": "b", "task": "treadle.noop", "after": ["a"]},
+            ],
+        }
+    )
     client.wait(workflow_id, timeout_s=30)
-    assert client.audit_chain_problems(workflow_id) == []
+    passed = run_cli(stack, "audit", workflow_id, "--json")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    report = json.loads(passed.stdout)
+    assert report["ok"] and {s["id"] for s in report["steps"]} == {"a", "b"}
+    assert all(s["wait_s"] is not None and s["run_s"] is not None for s in report["steps"])
+
     key = client.orchestrator.store.keys.audit(workflow_id)
     stored = redis_client.lindex(key, 2)
     assert stored is not None
     record = json.loads(stored)
     record["worker"] = "someone-else@host"
     redis_client.lset(key, 2, json.dumps(record, sort_keys=True, separators=(",", ":")))
-    assert client.audit_chain_problems(workflow_id) != []
+    failed = run_cli(stack, "audit", workflow_id)
+    assert failed.returncode == 1
+    assert "VIOLATED" in failed.stdout
+    assert run_cli(stack, "audit", "no-such-workflow").returncode == 4
 
 
 def test_a_stored_but_undispatched_workflow_is_recovered(client: Client) -> None:
