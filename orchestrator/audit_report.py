@@ -9,7 +9,7 @@ worker clocks. Waits and run times do use the recorded times.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,29 +69,43 @@ class AuditReport:
         }
 
 
-def order_problems(entries: Sequence[str], after: Mapping[str, Sequence[str]]) -> list[str]:
-    """Every edge violated (a step started before a dependency succeeded) and every step
-    that succeeded twice; empty when the run was faithful to the graph."""
+_FINAL = ("succeeded", "failed", "skipped", "cancelled", "dead-lettered", "compensated")
+
+
+def order_problems(
+    entries: Sequence[str],
+    after: Mapping[str, Sequence[str]],
+    all_done: Iterable[str] = (),
+) -> list[str]:
+    """Every edge violated and every step that succeeded twice; empty when the run was
+    faithful to the graph.
+
+    A step may start once each dependency has ended: succeeded, or with ``trigger:
+    all_done`` (the steps named in ``all_done``) ended in any way.
+    """
     started: dict[str, list[int]] = {}
-    succeeded: dict[str, list[int]] = {}
+    ended: dict[str, tuple[int, str]] = {}
+    succeeded: dict[str, int] = {}
     for position, record in enumerate(_records(entries)):
-        step = record.get("step_id")
+        step, to = record.get("step_id"), record.get("to")
         if step is None:
             continue
-        if record.get("to") == "running":
+        if to == "running":
             started.setdefault(step, []).append(position)
-        elif record.get("to") == "succeeded":
-            succeeded.setdefault(step, []).append(position)
-    problems: list[str] = []
-    for step, positions in succeeded.items():
-        if len(positions) > 1:
-            problems.append(f"step {step} succeeded {len(positions)} times")
+        elif to in _FINAL:
+            ended.setdefault(step, (position, to))
+            if to == "succeeded":
+                succeeded[step] = succeeded.get(step, 0) + 1
+    problems = [f"step {s} succeeded {n} times" for s, n in succeeded.items() if n > 1]
+    lenient = set(all_done)
     for step, deps in after.items():
         for start in started.get(step, []):
             for dep in deps:
-                done = succeeded.get(dep)
-                if not done or done[0] > start:
-                    problems.append(f"step {step} started before its dependency {dep} succeeded")
+                end = ended.get(dep)
+                if end is None or end[0] > start:
+                    problems.append(f"step {step} started before its dependency {dep} ended")
+                elif end[1] != "succeeded" and step not in lenient:
+                    problems.append(f"step {step} started although its dependency {dep} {end[1]}")
     return problems
 
 
@@ -100,6 +114,7 @@ def audit(
     entries: Sequence[str],
     tail: str,
     after: Mapping[str, Sequence[str]],
+    all_done: Iterable[str] = (),
 ) -> AuditReport:
     problems = chain_problems(entries, tail)
     if problems:
@@ -132,7 +147,8 @@ def audit(
         timings.append(
             StepTiming(step, ready, started.get(step), ended.get(step), attempts.get(step, 0))
         )
-    return AuditReport(workflow_id, len(entries), order_problems(entries, after), timings)
+    problems = order_problems(entries, after, all_done)
+    return AuditReport(workflow_id, len(entries), problems, timings)
 
 
 def _records(entries: Sequence[str]) -> list[dict[str, Any]]:

@@ -103,7 +103,9 @@ class Client:
         """Check the recorded run against its graph; per-step waits and run times."""
         entries, tail = self.orchestrator.store.audit_entries(workflow_id)
         defs = self.orchestrator.store.step_defs(workflow_id)
-        return audit(workflow_id, entries, tail, {s: d.get("after", []) for s, d in defs.items()})
+        after = {s: d.get("after", []) for s, d in defs.items()}
+        all_done = [s for s, d in defs.items() if d.get("trigger") == "all_done"]
+        return audit(workflow_id, entries, tail, after, all_done)
 
     def audit_chain_problems(self, workflow_id: str) -> builtins.list[str]:
         """Where the stored audit chain was changed or cut (empty when intact)."""

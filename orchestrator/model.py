@@ -59,6 +59,16 @@ class _StepFields(_Spec):
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     resources: list[str] = Field(default_factory=list)
     priority: PriorityClass | None = None
+    when: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    trigger: Literal["all_success", "all_done"] = "all_success"
+    for_each: StepId | None = None
+    max_parallel: Annotated[int, Field(ge=1, le=10_000)] | None = None
+
+    @model_validator(mode="after")
+    def _max_parallel_needs_for_each(self) -> _StepFields:
+        if self.max_parallel is not None and self.for_each is None:
+            raise ValueError("max_parallel limits a for_each fan-out; this step has no for_each")
+        return self
 
 
 class StepSpec(_StepFields):
@@ -144,6 +154,10 @@ class Step:
     timeout_s: float | None = None
     resources: tuple[str, ...] = ()
     priority: PriorityClass | None = None
+    when: str | None = None
+    trigger: str = "all_success"
+    for_each: str | None = None
+    max_parallel: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -156,6 +170,10 @@ class Step:
             "timeout_s": self.timeout_s,
             "resources": list(self.resources),
             "priority": self.priority.value if self.priority else None,
+            "when": self.when,
+            "trigger": self.trigger,
+            "for_each": self.for_each,
+            "max_parallel": self.max_parallel,
         }
 
     @classmethod
@@ -171,6 +189,10 @@ class Step:
             timeout_s=data.get("timeout_s"),
             resources=tuple(data.get("resources") or ()),
             priority=PriorityClass(data["priority"]) if data.get("priority") else None,
+            when=data.get("when"),
+            trigger=data.get("trigger") or "all_success",
+            for_each=data.get("for_each"),
+            max_parallel=data.get("max_parallel"),
         )
 
 
@@ -231,12 +253,18 @@ def _step_kwargs(s: _StepFields) -> dict[str, Any]:
         "timeout_s": s.timeout_s,
         "resources": tuple(s.resources),
         "priority": s.priority,
+        "when": s.when,
+        "trigger": s.trigger,
+        "for_each": s.for_each,
+        "max_parallel": s.max_parallel,
     }
 
 
 def _from_step_spec(s: StepSpec, where: str) -> Step:
-    # Keep duplicates in `after` out of the DAG; they mean the same edge.
-    return Step(where=where, after=tuple(dict.fromkeys(s.after)), **_step_kwargs(s))
+    # Keep duplicates in `after` out of the DAG; they mean the same edge. A fan-out runs
+    # over its source's result, so it depends on that step whether `after` says so or not.
+    after = [*s.after, *([s.for_each] if s.for_each else [])]
+    return Step(where=where, after=tuple(dict.fromkeys(after)), **_step_kwargs(s))
 
 
 def _walk_stages(
@@ -258,7 +286,8 @@ def _walk_stages(
     for i, item in enumerate(items):
         loc = f"{where}[{i}]"
         if isinstance(item, StageStep):
-            out.append(Step(where=loc, after=current, **_step_kwargs(item)))
+            after = (*current, *([item.for_each] if item.for_each else []))
+            out.append(Step(where=loc, after=tuple(dict.fromkeys(after)), **_step_kwargs(item)))
             item_ends: tuple[str, ...] = (item.id,)
         elif isinstance(item, SequentialBlock):
             item_ends = _walk_stages(

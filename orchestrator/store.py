@@ -42,6 +42,7 @@ class Change:
     record: Mapping[str, Any] = field(default_factory=dict)
     result_json: str | None = None
     release: Sequence[str] = ()  # counter dependents whose count this change lowers
+    definition: Mapping[str, Any] | None = None  # for a step this change creates
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class StepView:
     on_failure: str
     params: dict[str, Any]
     results: dict[str, Any]
+    dependency_states: dict[str, str]
     audit_tail: str
 
 
@@ -182,6 +184,7 @@ class StateStore:
             self.keys.audit(workflow_id),
             self.keys.results(workflow_id),
             self.keys.waiting(workflow_id),
+            self.keys.defs(workflow_id),
         ]
         if tail is None:
             tail = _text(self.redis.hget(keys[0], "audit_tail") or b"")
@@ -207,6 +210,7 @@ class StateStore:
                     text,
                     change.result_json or "",
                     json.dumps(list(change.release)) if change.release else "",
+                    json.dumps(change.definition) if change.definition is not None else "",
                 ]
             reply = self._call(self._transition, keys=keys, args=[tail, prev, len(changes), *args])
             status = _text(reply[0])
@@ -240,9 +244,16 @@ class StateStore:
         definition = json.loads(raw_def)
         deps = definition.get("after") or []
         results: dict[str, Any] = {}
+        dep_states: dict[str, str] = {}
         if deps:
-            values = self._guard(lambda: self.redis.hmget(k.results(workflow_id), deps))
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(k.results(workflow_id), deps)
+                pipe.hmget(k.steps(workflow_id), deps)
+                values, records = self._execute(pipe)
             results = {d: json.loads(v) for d, v in zip(deps, values, strict=True) if v is not None}
+            dep_states = {
+                d: json.loads(r)["state"] for d, r in zip(deps, records, strict=True) if r
+            }
         return StepView(
             workflow_id=workflow_id,
             step_id=step_id,
@@ -253,6 +264,7 @@ class StateStore:
             on_failure=_text(wf[2]),
             params=json.loads(wf[3] or b"{}"),
             results=results,
+            dependency_states=dep_states,
             audit_tail=_text(wf[4] or b""),
         )
 
@@ -271,7 +283,15 @@ class StateStore:
         return {_text(k): json.loads(v) for k, v in raw.items()}
 
     def step_defs_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not step_ids:
+            return {}
         raw = self._guard(lambda: self.redis.hmget(self.keys.defs(workflow_id), step_ids))
+        return {sid: json.loads(v) for sid, v in zip(step_ids, raw, strict=True) if v is not None}
+
+    def results_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, Any]:
+        if not step_ids:
+            return {}
+        raw = self._guard(lambda: self.redis.hmget(self.keys.results(workflow_id), step_ids))
         return {sid: json.loads(v) for sid, v in zip(step_ids, raw, strict=True) if v is not None}
 
     def results(self, workflow_id: str) -> dict[str, Any]:
@@ -284,7 +304,7 @@ class StateStore:
         records = self.step_records(workflow_id)
         defs = self.step_defs(workflow_id)
         steps = []
-        for step_id in json.loads(wf["order"]):
+        for step_id in _with_items(json.loads(wf["order"]), defs):
             record, definition = records.get(step_id, {}), defs.get(step_id, {})
             steps.append(
                 {
@@ -299,6 +319,8 @@ class StateStore:
                     "after": definition.get("after", []),
                     "priority": definition.get("priority") or wf["priority"],
                     "error": record.get("error"),
+                    **({"item_of": definition["item_of"]} if "item_of" in definition else {}),
+                    **({"skip_reason": record["skip_reason"]} if "skip_reason" in record else {}),
                 }
             )
         return {
@@ -379,6 +401,19 @@ class StateStore:
             return call()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Unreachable(f"Redis cannot be reached: {exc}") from exc
+
+
+def _with_items(order: list[str], defs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Declared steps in order, each fan-out followed by its items in index order."""
+    items: dict[str, list[tuple[int, str]]] = {}
+    for sid, definition in defs.items():
+        if "item_of" in definition:
+            items.setdefault(definition["item_of"], []).append((definition["index"], sid))
+    out: list[str] = []
+    for sid in order:
+        out.append(sid)
+        out.extend(item for _, item in sorted(items.get(sid, [])))
+    return out
 
 
 def _text(value: Any) -> str:

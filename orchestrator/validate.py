@@ -15,12 +15,14 @@ from typing import Any, Protocol
 import yaml
 from pydantic import ValidationError
 
+from orchestrator.conditions import ConditionError, parse_condition
 from orchestrator.dag import CycleError, Graph
 from orchestrator.errors import InvalidInput, Problem
 from orchestrator.model import (
     ParallelBlock,
     SequentialBlock,
     StageItem,
+    Step,
     Workflow,
     WorkflowSpec,
     normalise,
@@ -31,7 +33,7 @@ class TaskCatalog(Protocol):
     def __contains__(self, name: object) -> bool: ...
     def names(self) -> list[str]: ...
     def argument_problems(
-        self, name: str, args: Mapping[str, Any], where: str
+        self, name: str, args: Mapping[str, Any], where: str, provided: Iterable[str] = ()
     ) -> list[Problem]: ...
 
 
@@ -216,7 +218,14 @@ def _identity_problems(workflow: Workflow) -> Iterable[Problem]:
     for step in workflow.steps:
         if step.where.startswith("steps[") and step.id in step.after:
             yield Problem(f"{step.where}.after", f"step {step.id!r} depends on itself")
+        if step.for_each is not None and step.for_each not in first_at:
+            yield Problem(
+                f"{step.where}.for_each",
+                f"unknown step {step.for_each!r}{_hint(step.for_each, first_at)}",
+            )
         for dep in step.after:
+            if dep == step.for_each:
+                continue  # reported above, where the user wrote it
             if dep not in first_at:
                 yield Problem(f"{step.where}.after", f"unknown step {dep!r}{_hint(dep, first_at)}")
 
@@ -231,7 +240,13 @@ def _step_problems(
                 f"unknown task {step.task!r}{_hint(step.task, catalog.names())}",
             )
         else:
-            yield from catalog.argument_problems(step.task, step.args, f"{step.where}.args")
+            # A fan-out step gets each item as `item` when its function takes one.
+            provided = ("item",) if step.for_each else ()
+            yield from catalog.argument_problems(
+                step.task, step.args, f"{step.where}.args", provided
+            )
+        if step.when is not None:
+            yield from _condition_problems(step)
         if step.compensate is not None and step.compensate not in catalog:
             yield Problem(f"{step.where}.compensate", f"unknown task {step.compensate!r}")
         if step.timeout_s is not None and step.timeout_s > limits.max_step_timeout_s:
@@ -253,6 +268,19 @@ def _step_problems(
                     f"{step.where}.resources[{i}]",
                     f"unknown resource {name!r}{_hint(name, resources)}",
                 )
+
+
+def _condition_problems(step: Step) -> Iterable[Problem]:
+    try:
+        condition = parse_condition(step.when or "")
+    except ConditionError as exc:
+        yield Problem(f"{step.where}.when", str(exc))
+        return
+    for ref in sorted(condition.references - set(step.after)):
+        yield Problem(
+            f"{step.where}.when",
+            f"reads results of {ref!r}, which is not a dependency of this step (add it to after)",
+        )
 
 
 def _cycle_problems(workflow: Workflow) -> Iterable[Problem]:

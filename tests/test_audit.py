@@ -66,7 +66,22 @@ def test_a_step_started_before_its_dependency_is_a_violation() -> None:
     entries, tail = chained(doctored)
     report = audit("w", entries, tail, {"a": [], "b": ["a"]})
     assert not report.ok
-    assert report.problems == ["step b started before its dependency a succeeded"]
+    assert report.problems == ["step b started before its dependency a ended"]
+
+
+def test_only_all_done_steps_may_follow_a_dependency_that_did_not_succeed() -> None:
+    records = run(
+        (None, "pending", 0.0),
+        ("a", "running", 1.0),
+        ("a", "failed", 2.0),
+        ("b", "running", 3.0),
+        ("b", "succeeded", 4.0),
+    )
+    entries, _ = chained(records)
+    assert order_problems(entries, {"a": [], "b": ["a"]}) == [
+        "step b started although its dependency a failed"
+    ]
+    assert order_problems(entries, {"a": [], "b": ["a"]}, all_done=["b"]) == []
 
 
 def test_a_step_that_succeeded_twice_is_a_violation() -> None:

@@ -16,6 +16,7 @@ from config.settings import Settings
 from orchestrator.keys import Keys
 from orchestrator.states import StepState
 from orchestrator.store import Change, Conflict, StateStore
+from workers.fan_out import JOIN_TASK
 from workers.hooks import LogHook
 from workers.registry import Registry, load_task_modules
 from workers.runtime import StepRuntime
@@ -51,6 +52,10 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
 
     for definition in registry:
         _register(app, definition.name, holder)
+
+    @app.task(name=JOIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def join(self: Task, workflow_id: str, parent: str, count: int) -> dict[str, Any]:
+        return holder.runtime.join(self, workflow_id, parent, count)
 
     def mark_queued(sender: str | None = None, body: Any = None, **_: Any) -> None:
         # Celery publishes the next links of chains and chord bodies from inside workers:

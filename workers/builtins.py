@@ -25,8 +25,14 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+_UNSET: Any = object()
+
+
 @task(name="treadle.echo")
-def echo(value: Any = None) -> Any:
+def echo(ctx: StepContext, value: Any = _UNSET) -> Any:
+    """Return ``value``; without one, a fan-out item returns its item (else null)."""
+    if value is _UNSET:
+        return ctx.item
     return value
 
 

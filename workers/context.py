@@ -24,6 +24,8 @@ class StepContext:
     results: Mapping[str, Any] = field(default_factory=dict)
     priority: str = "default"
     worker: str = ""
+    item: Any = None  # in a for_each fan-out: this step's element of the source's list
+    index: int | None = None  # ... and its position in that list
 
     @property
     def idempotency_key(self) -> str:

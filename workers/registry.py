@@ -36,6 +36,10 @@ class TaskDefinition:
     timeout_s: float | None = None
     resources: tuple[str, ...] = ()
 
+    @property
+    def takes_item(self) -> bool:
+        return "item" in self.args_model.model_fields
+
     def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """The keyword arguments the function is called with; raises ValidationError."""
         validated = self.args_model.model_validate(dict(args))
@@ -97,13 +101,24 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._tasks)
 
-    def argument_problems(self, name: str, args: Mapping[str, Any], where: str) -> list[Problem]:
-        """Why ``args`` cannot be passed to task ``name`` (empty when they can)."""
+    def argument_problems(
+        self, name: str, args: Mapping[str, Any], where: str, provided: Iterable[str] = ()
+    ) -> list[Problem]:
+        """Why ``args`` cannot be passed to task ``name`` (empty when they can).
+
+        ``provided`` names arguments the runtime supplies itself (a fan-out's ``item``):
+        their absence from ``args`` is not a problem.
+        """
         definition = self._tasks[name]
+        supplied = set(provided)
         try:
             definition.bind(args)
         except ValidationError as exc:
-            return [_argument_problem(where, err) for err in exc.errors()]
+            return [
+                _argument_problem(where, err)
+                for err in exc.errors()
+                if not (err["type"] == "missing" and err["loc"] and err["loc"][0] in supplied)
+            ]
         return []
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from orchestrator.conditions import ConditionError
 from pydantic import ValidationError
 
 from orchestrator import audit
@@ -29,6 +30,8 @@ from orchestrator.model import RetryPolicy
 from orchestrator.states import STEP_FINAL, STEP_NOT_STARTED, WORKFLOW_FINAL, StepState
 from orchestrator.store import Applied, Change, Conflict, StateStore, StepView
 from workers.context import StepContext
+from workers.fan_out import fan_out, join
+from workers.gates import skip_reason
 from workers.hooks import StepCall, StepHook
 from workers.registry import Registry, TaskDefinition
 
@@ -47,6 +50,14 @@ class _Attempt:
     view: StepView
     definition: TaskDefinition
     call: StepCall
+    refusal: str | None = None  # the step cannot run (a broken condition): fail it
+
+
+class _Skipped(Exception):
+    """The step was recorded as skipped instead of being claimed."""
+
+    def __init__(self, view: StepView, applied: Applied):
+        self.view, self.applied = view, applied
 
 
 class StepRuntime:
@@ -57,12 +68,24 @@ class StepRuntime:
 
     def execute(self, task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
         """Run one step for the Celery task ``task``; what Celery stores as its result."""
-        attempt = self._claim(task, workflow_id, step_id)
+        try:
+            attempt = self._claim(task, workflow_id, step_id)
+        except _Skipped as skipped:
+            # Returning (not raising) lets a chain or chord go on: its next steps see this
+            # one skipped and apply their own trigger rule.
+            self._continue(task, skipped.view, skipped.applied)
+            return {"workflow_id": workflow_id, "step_id": step_id, "state": "skipped"}
         for hook in self.hooks:
             hook.before_run(attempt.call)
         started = time.monotonic()
         try:
+            if attempt.refusal is not None:
+                raise Permanent(attempt.refusal)
+            if attempt.view.definition.get("for_each"):
+                fan_out(self.store, task, attempt.view, attempt.call)  # replaces the task
             result_json = self._call_function(attempt)
+        except (Ignore, Retry):
+            raise  # Celery's own control flow (a replaced or retried task), not a failure
         except Exception as exc:  # any failure of user code is the step's failure
             self._fail(task, attempt, exc, time.monotonic() - started)
             raise  # _fail raises Retry or StepFailed; this keeps type checkers honest
@@ -77,6 +100,15 @@ class StepRuntime:
         self._after(lambda h: h.after_success(attempt.call, result_json, elapsed))
         self._continue(task, attempt.view, applied)
         return {"workflow_id": workflow_id, "step_id": step_id, "state": "succeeded"}
+
+    def join(self, task: Task, workflow_id: str, parent: str, count: int) -> dict[str, Any]:
+        """The end of a fan-out: the items have all succeeded."""
+        applied = join(self.store, workflow_id, parent, count)
+        if applied is None:
+            raise Ignore()
+        view = self.store.load_step(workflow_id, parent)
+        self._continue(task, view, applied)
+        return {"workflow_id": workflow_id, "step_id": parent, "state": "succeeded"}
 
     def _continue(self, task: Task, view: StepView, applied: Applied) -> None:
         """After a step ended: start the counter steps it was the last dependency of, or
@@ -103,6 +135,19 @@ class StepRuntime:
             if view.workflow_state in WORKFLOW_FINAL:
                 self._stop_unstarted(view)
                 raise Ignore()
+            refusal = None
+            try:
+                reason = skip_reason(
+                    view.definition, view.dependency_states, view.params, view.results
+                )
+            except ConditionError as exc:
+                reason, refusal = None, f"condition cannot be evaluated: {exc}"
+            if reason is not None:
+                try:
+                    applied = self._skip(view, state, reason)
+                except Conflict:
+                    continue
+                raise _Skipped(view, applied)
             definition = self.registry.get(task.name)
             if definition is None:
                 raise RuntimeError(f"task {task.name} runs steps but is not in the registry")
@@ -151,8 +196,28 @@ class StepRuntime:
                 pool=view.definition.get("priority") or view.priority,
                 worker=worker,
             )
-            return _Attempt(view, definition, call)
+            return _Attempt(view, definition, call, refusal)
         raise Ignore()
+
+    def _skip(self, view: StepView, state: StepState, reason: str) -> Applied:
+        now = time.time()
+        fields = {"finished_at": now, "skip_reason": reason}
+        if "queued_at" not in view.record:
+            fields["queued_at"] = now
+        return self.store.apply(
+            view.workflow_id,
+            [
+                Change(
+                    view.step_id,
+                    state.value,
+                    StepState.skipped.value,
+                    fields,
+                    {"at": now, "reason": reason},
+                    release=view.definition.get("release") or (),
+                )
+            ],
+            tail=view.audit_tail,
+        )
 
     def _stop_unstarted(self, view: StepView) -> None:
         """The workflow already ended (cancelled or failed): this step will never run."""
@@ -176,8 +241,11 @@ class StepRuntime:
 
     def _call_function(self, attempt: _Attempt) -> str:
         view, definition = attempt.view, attempt.definition
+        args = dict(view.definition.get("args") or {})
+        if "item_of" in view.definition and definition.takes_item:
+            args.setdefault("item", view.definition.get("item"))
         try:
-            kwargs = definition.bind(view.definition.get("args") or {})
+            kwargs = definition.bind(args)
         except ValidationError as exc:
             raise Permanent(f"arguments do not fit {definition.name}: {exc}") from exc
         if definition.wants_context:
@@ -190,6 +258,8 @@ class StepRuntime:
                 results=view.results,
                 priority=attempt.call.pool,
                 worker=attempt.call.worker,
+                item=view.definition.get("item"),
+                index=view.definition.get("index"),
             )
         result = definition.func(**kwargs)
         try:
@@ -265,6 +335,20 @@ class StepRuntime:
                 for sid, rec in records.items()
                 if sid != attempt.call.step_id and rec["state"] in STEP_NOT_STARTED
             ]
+            parent = attempt.view.definition.get("item_of")
+            if parent is not None and records.get(parent, {}).get("state") == "running":
+                skips.append(
+                    Change(
+                        parent,
+                        StepState.running.value,
+                        StepState.failed.value,
+                        {
+                            "finished_at": time.time(),
+                            "error": f"item {attempt.call.step_id} failed",
+                        },
+                        {"at": time.time(), "reason": f"item {attempt.call.step_id} failed"},
+                    )
+                )
             try:
                 return self._record(attempt, StepState.failed, fields, extra=skips)
             except Conflict as conflict:

@@ -5,18 +5,22 @@
 -- A transition may also release dependents that run on counters: each one's count of
 -- unfinished dependencies drops by one, and those that reach zero are returned as ready.
 -- Being inside the compare-and-set, a release happens exactly once per transition.
--- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash
+-- A transition whose expected state is '' creates its step (a fan-out's items): the step
+-- must not exist yet, gets the definition given, and counts towards steps_total.
+-- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
+--       6 definitions hash
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N, then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
 --       fields to merge (JSON object), audit record (JSON text), result (JSON text or ''),
---       dependents to release (JSON array or '')
+--       dependents to release (JSON array or ''), definition of a created step (or '')
 -- Returns {'ok', steps_done, steps_total, workflow_state, ready step ids...}
 --      or {'stale', current_tail} or {'conflict', target, current_state}.
 local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
                   compensated=true, ['dead-lettered']=true}
 local FAILED = {failed=true, ['dead-lettered']=true}
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local WIDTH = 7
+local defs = KEYS[6]
+local WIDTH = 8
 local tail = redis.call('HGET', wf, 'audit_tail') or ''
 if tail ~= ARGV[1] then
   return {'stale', tail}
@@ -30,11 +34,13 @@ for i = 0, n - 1 do
     current = redis.call('HGET', wf, 'state') or ''
   else
     local raw = redis.call('HGET', steps, target)
-    if not raw then
-      return {'conflict', target, ''}
+    if raw then
+      loaded[i] = cjson.decode(raw)
+      current = loaded[i]['state']
+    else
+      loaded[i] = {}
+      current = ''
     end
-    loaded[i] = cjson.decode(raw)
-    current = loaded[i]['state']
   end
   if current ~= expected then
     return {'conflict', target, current}
@@ -57,6 +63,10 @@ for i = 0, n - 1 do
     end
     record['state'] = new
     redis.call('HSET', steps, target, cjson.encode(record))
+    if old == '' then
+      redis.call('HSET', defs, target, ARGV[base + 7])
+      redis.call('HINCRBY', wf, 'steps_total', 1)
+    end
     if ARGV[base + 5] ~= '' then
       redis.call('HSET', results, target, ARGV[base + 5])
     end
