@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean install
+.PHONY: demo test lint typecheck check clean install bench-makespan
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,16 @@ demo: $(STAMP)
 	$(BIN)/treadle demo
 
 test: $(STAMP)
-	$(BIN)/ruff check orchestrator workers config tests
+	$(BIN)/ruff check orchestrator workers config tests ops
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator workers config tests
-	$(BIN)/ruff format --check orchestrator workers config tests
+	$(BIN)/ruff check orchestrator workers config tests ops
+	$(BIN)/ruff format --check orchestrator workers config tests ops
+
+bench-makespan: $(STAMP)
+	$(BIN)/python ops/bench/makespan.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

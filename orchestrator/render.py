@@ -16,6 +16,7 @@ from rich.tree import Tree
 from orchestrator.audit_report import AuditReport
 from orchestrator.compiler import Chain, Chord, Node, Task
 from orchestrator.compiler import Group as CanvasGroup
+from orchestrator.model import Step
 from orchestrator.planning import Plan
 from orchestrator.states import WORKFLOW_FINAL
 
@@ -50,9 +51,21 @@ def _secs(start: float | None, end: float | None) -> str:
 # -- plan ----------------------------------------------------------------------------------
 
 
-def _canvas_tree(node: Node, tree: Tree, tasks: dict[str, str]) -> None:
+def _step_label(step: Step) -> str:
+    label = f"[bold]{step.id}[/] [dim]{step.task}[/]"
+    if step.for_each:
+        limit = f", at most {step.max_parallel} at once" if step.max_parallel else ""
+        label += f" [magenta]for each item of {step.for_each}{limit}[/]"
+    if step.when:
+        label += f" [yellow]when {step.when}[/]"
+    if step.trigger == "all_done":
+        label += " [cyan](all_done)[/]"
+    return label
+
+
+def _canvas_tree(node: Node, tree: Tree, tasks: dict[str, Step]) -> None:
     if isinstance(node, Task):
-        tree.add(f"[bold]{node.step}[/] [dim]{tasks.get(node.step, '')}[/]")
+        tree.add(_step_label(tasks[node.step]))
     elif isinstance(node, Chain):
         branch = tree.add("[cyan]chain[/] (one after another)")
         for item in node.items:
@@ -74,7 +87,7 @@ def plan(console: Console, the_plan: Plan) -> None:
     wf = the_plan.workflow
     compiled = the_plan.compiled
     tree = Tree(f"[bold]{wf.name}[/] ({len(wf.steps)} steps, priority {wf.priority.value})")
-    tasks = {s.id: s.task for s in wf.steps}
+    tasks = wf.by_id
     if compiled.canvas is not None:
         _canvas_tree(compiled.canvas, tree, tasks)
     if compiled.counters:
@@ -86,7 +99,7 @@ def plan(console: Console, the_plan: Plan) -> None:
         for step in wf.steps:
             if step.id in compiled.counters:
                 deps = ", ".join(after[step.id]) or "nothing"
-                branch.add(f"[bold]{step.id}[/] [dim]{step.task}[/] waits for {deps}")
+                branch.add(f"{_step_label(step)} waits for {deps}")
     console.print(tree)
     unit = "s" if the_plan.durations_given else "s (1 s a step: pass --durations FILE)"
     console.print(

@@ -28,6 +28,8 @@ from workers.samples import compliance, images, ml, shop
 
 WORKFLOWS = Path(shop.__file__).parent / "workflows"
 SCENARIOS = ("order-fulfillment", "ml-pipeline", "compliance-report", "image-processing")
+# Samples with a run-time fan-out: checked as specs, run end to end only (tests/test_e2e_*).
+FAN_OUT_SCENARIOS = ("ml-sweep",)
 FILES = sorted(p.name for p in WORKFLOWS.iterdir() if p.suffix in (".yaml", ".json"))
 
 
@@ -92,7 +94,8 @@ def comparable(step: Any) -> Any:
 
 
 def test_every_scenario_has_both_forms_and_json_is_shown() -> None:
-    expected = {f"{s}.yaml" for s in SCENARIOS} | {f"{s}-stages.yaml" for s in SCENARIOS}
+    every = SCENARIOS + FAN_OUT_SCENARIOS
+    expected = {f"{s}.yaml" for s in every} | {f"{s}-stages.yaml" for s in every}
     assert set(FILES) == expected | {"order-fulfillment.json"}
 
 
@@ -105,7 +108,8 @@ def test_sample_is_valid(name: str) -> None:
     seen: set[str] = set()
     for step in workflow.steps:
         assert step.task in REGISTRY, f"{step.where}.task: unknown task {step.task!r}"
-        assert REGISTRY.argument_problems(step.task, step.args, step.where) == []
+        provided = ("item",) if step.for_each else ()
+        assert REGISTRY.argument_problems(step.task, step.args, step.where, provided) == []
         if step.compensate is not None:
             assert step.compensate in REGISTRY, f"{step.where}.compensate: {step.compensate!r}"
         # Declaration order is a topological order: no unknown dependency, no cycle.
@@ -125,7 +129,8 @@ def test_sample_is_quick(name: str) -> None:
     for step in load(name).steps:
         definition = REGISTRY.get(step.task)
         assert definition is not None
-        kwargs = definition.bind(step.args)
+        item: dict[str, Any] = {"item": {}} if step.for_each else {}  # a fan-out's item comes at run time
+        kwargs = definition.bind({**step.args, **item})
         total += float(kwargs.get("work_s", 0.0))
         if step.task == "treadle.sleep":
             total += float(kwargs["seconds"])
@@ -137,6 +142,7 @@ def test_priorities_suit_the_scenarios() -> None:
         "order-fulfillment": "critical",
         "compliance-report": "default",
         "ml-pipeline": "bulk",
+        "ml-sweep": "bulk",
         "image-processing": "bulk",
     }
     for name in FILES:
@@ -144,7 +150,7 @@ def test_priorities_suit_the_scenarios() -> None:
         assert workflow.priority.value == expected[workflow.name], name
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", SCENARIOS + FAN_OUT_SCENARIOS)
 def test_stages_form_is_the_same_graph(scenario: str) -> None:
     steps_form = load(f"{scenario}.yaml")
     stages_form = load(f"{scenario}-stages.yaml")
@@ -508,6 +514,8 @@ def test_every_sample_task_is_registered_under_its_scenario() -> None:
         "shop.refund_payment",
         "ml.ingest",
         "ml.train",
+        "ml.grid",
+        "ml.train_each",
         "ml.evaluate",
         "compliance.extract",
         "compliance.validate",

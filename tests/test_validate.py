@@ -443,3 +443,48 @@ def test_a_retry_delay_longer_than_allowed_is_refused() -> None:
     )
     found = problems(raw, Limits(max_backoff_s=3600))
     assert [p.where for p in found] == ["steps[0].retry.backoff_max_s"]
+
+
+# ---------------------------------------------------------------------------------------
+# Conditions, fan-out, trigger rules
+
+
+def test_a_condition_with_bad_syntax_is_located() -> None:
+    found = problems(steps_spec({"id": "a", "task": "treadle.noop", "when": "params.x >"}))
+    assert [p.where for p in found] == ["steps[0].when"]
+
+
+def test_a_condition_may_read_only_its_own_dependencies() -> None:
+    raw = steps_spec(
+        {"id": "a", "task": "treadle.noop"},
+        {"id": "b", "task": "treadle.noop"},
+        {"id": "c", "task": "treadle.noop", "after": ["a"], "when": "results.b == 1"},
+    )
+    assert messages(raw) == [
+        "steps[2].when: reads results of 'b', which is not a dependency of this step "
+        "(add it to after)"
+    ]
+
+
+def test_for_each_names_a_known_step_and_becomes_a_dependency() -> None:
+    found = problems(steps_spec({"id": "a", "task": "treadle.echo", "for_each": "nope"}))
+    assert [p.where for p in found] == ["steps[0].for_each"]
+    workflow = validate(
+        steps_spec(
+            {"id": "src", "task": "treadle.items", "args": {"n": 3}},
+            {"id": "each", "task": "treadle.echo", "for_each": "src"},
+        ),
+        REGISTRY,
+    )
+    assert workflow.step("each").after == ("src",)
+
+
+def test_max_parallel_needs_for_each() -> None:
+    found = problems(steps_spec({"id": "a", "task": "treadle.noop", "max_parallel": 2}))
+    assert [p.where for p in found] == ["steps[0]"]
+    assert "for_each" in found[0].what
+
+
+def test_unknown_trigger_rule_is_refused() -> None:
+    found = problems(steps_spec({"id": "a", "task": "treadle.noop", "trigger": "one_done"}))
+    assert [p.where for p in found] == ["steps[0].trigger"]

@@ -76,7 +76,9 @@ def _item_def(view: StepView, index: int, value: Any) -> dict[str, Any]:
     definition = {k: v for k, v in view.definition.items() if k not in _NOT_INHERITED}
     definition.update(
         id=item_id(view.step_id, index),
-        after=[],  # an item depends on its fan-out step, which waited for the rest
+        # An item sees what its fan-out step saw: the same dependencies and their results.
+        # The fan-out step already applied its trigger rule and condition for all items.
+        trigger="all_done",
         item_of=view.step_id,
         index=index,
         item=value,

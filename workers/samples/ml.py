@@ -26,12 +26,15 @@ def _work(seconds: float) -> None:
 
 
 def _results_of_kind(ctx: StepContext, kind: str) -> dict[str, dict[str, Any]]:
-    """The dependency results of ``kind``, by step id."""
-    return {
-        step_id: result
-        for step_id, result in ctx.results.items()
-        if isinstance(result, dict) and result.get("kind") == kind
-    }
+    """The dependency results of ``kind``, by step id; a fan-out's joined list counts
+    item by item (``train[2]``)."""
+    found: dict[str, dict[str, Any]] = {}
+    for step_id, result in ctx.results.items():
+        values = enumerate(result) if isinstance(result, list) else [(None, result)]
+        for index, value in values:
+            if isinstance(value, dict) and value.get("kind") == kind:
+                found[step_id if index is None else f"{step_id}[{index}]"] = value
+    return found
 
 
 def pseudo_score(learning_rate: float, depth: int, rows: int) -> float:
@@ -87,6 +90,18 @@ def train(
         "dataset": dataset["fingerprint"],
         "score": pseudo_score(learning_rate, depth, dataset["rows"]),
     }
+
+
+@task(name="ml.grid")
+def grid(learning_rates: list[float], depths: list[int]) -> list[dict[str, Any]]:
+    """Every combination of the hyper-parameters: the items of a training fan-out."""
+    return [{"learning_rate": lr, "depth": d} for lr in learning_rates for d in depths]
+
+
+@task(name="ml.train_each")
+def train_each(ctx: StepContext, item: dict[str, Any], work_s: float = 0.1) -> dict[str, Any]:
+    """One item of a ``for_each`` fan-out over :func:`grid`: train with its set."""
+    return train(ctx, learning_rate=item["learning_rate"], depth=item["depth"], work_s=work_s)
 
 
 @task(name="ml.evaluate")

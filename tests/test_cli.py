@@ -1,0 +1,66 @@
+"""The commands that need no Redis: `treadle validate`, `plan` and `schema`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, SAMPLE_MODULES
+from workers.samples import workflow_files
+
+
+def treadle(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREADLE_")}
+    env["TREADLE_TASK_MODULES"] = SAMPLE_MODULES
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_validate_accepts_every_sample() -> None:
+    result = treadle("validate", *map(str, workflow_files()))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ok ") == len(workflow_files())
+
+
+def test_plan_shows_counters_critical_path_and_estimates(tmp_path: Path) -> None:
+    spec = tmp_path / "n.yaml"
+    spec.write_text(
+        "name: n\nsteps:\n"
+        "  - {id: a, task: treadle.noop}\n  - {id: b, task: treadle.noop}\n"
+        "  - {id: c, task: treadle.noop, after: [a, b]}\n"
+        "  - {id: d, task: treadle.noop, after: [b]}\n"
+    )
+    durations = tmp_path / "d.yaml"
+    durations.write_text("{a: 2, b: 1, c: 1, d: 5}\n")
+    result = treadle("plan", str(spec), "--durations", str(durations), "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["canvas"] is None and plan["counters"] == ["a", "b", "c", "d"]
+    assert plan["critical_path"] == ["b", "d"] and plan["critical_path_s"] == 6.0
+    assert plan["estimates"]["sequential_s"] == 9.0
+    assert plan["estimates"]["parallel_s"] == 6.0
+
+    human = treadle("plan", str(spec))
+    assert human.returncode == 0
+    assert "counters" in human.stdout and "estimated makespan" in human.stdout
+
+    durations.write_text("{zz: 1}\n")
+    refused = treadle("plan", str(spec), "--durations", str(durations))
+    assert refused.returncode == 2
+    assert "zz: no such step in the workflow" in refused.stderr
+
+
+def test_schema_is_json_schema_of_specs() -> None:
+    result = treadle("schema")
+    schema = json.loads(result.stdout)
+    assert {"steps", "stages", "params", "priority"} <= set(schema["properties"])
