@@ -3,7 +3,9 @@
 - submitted but never dispatched (the submitter died between storing and publishing):
   dispatch them;
 - every step ended but the workflow is not final (a worker died between recording its
-  step and finishing the workflow): finish them.
+  step and finishing the workflow): finish them;
+- a counter step whose dependencies all ended but which was never published (a worker
+  died between recording the last dependency's end and publishing): publish it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from orchestrator.dispatch import dispatch_stored
+from orchestrator.dispatch import dispatch_stored, mark_queued, publish_steps
 from orchestrator.service import Orchestrator
 from orchestrator.states import WORKFLOW_FINAL
 from workers.runtime import finish_workflow
@@ -26,6 +28,7 @@ _FIELDS = ("state", "submitted_at", "dispatched_at", "steps_done", "steps_total"
 class SweepReport:
     dispatched: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # "workflow/step"
 
 
 def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> SweepReport:
@@ -52,4 +55,38 @@ def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> Swe
             elif int(done or 0) >= int(total or 0) and finish_workflow(store, wid):
                 log.warning("workflow %s had ended without being finished: finished", wid)
                 report.finished.append(wid)
+            elif dispatched:
+                for step in _stranded_counter_steps(orchestrator, wid, now - undispatched_after_s):
+                    log.warning("workflow %s step %s was ready but never published", wid, step)
+                    report.released.append(f"{wid}/{step}")
     return report
+
+
+def _stranded_counter_steps(
+    orchestrator: Orchestrator, workflow_id: str, before: float
+) -> list[str]:
+    """Publish counter steps at zero that are still pending although their last dependency
+    ended before ``before``; the step runtime publishes a ready step at once, so one that
+    is still pending that long after was lost."""
+    store = orchestrator.store
+    zero = [
+        step
+        for step, count in store.waiting_counts(workflow_id).items()
+        if int(count) <= 0
+    ]
+    if not zero:
+        return []
+    records = store.step_records(workflow_id)
+    defs = store.step_defs_of(workflow_id, zero)
+    stranded = []
+    for step in zero:
+        if records.get(step, {}).get("state") != "pending":
+            continue
+        ends = [records.get(d, {}).get("finished_at") or 0 for d in defs[step].get("after", [])]
+        if max(ends, default=0) < before:
+            stranded.append(step)
+    if stranded:
+        fields = store.workflow_fields(workflow_id)
+        mark_queued(store, workflow_id, stranded)
+        publish_steps(orchestrator.app, store, workflow_id, stranded, fields["priority"])
+    return stranded

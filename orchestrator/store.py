@@ -288,6 +288,11 @@ class StateStore:
         raw = self._guard(lambda: self.redis.hmget(self.keys.defs(workflow_id), step_ids))
         return {sid: json.loads(v) for sid, v in zip(step_ids, raw, strict=True) if v is not None}
 
+    def waiting_counts(self, workflow_id: str) -> dict[str, int]:
+        """Counter steps and how many of their dependencies have not ended yet."""
+        raw = self._guard(lambda: self.redis.hgetall(self.keys.waiting(workflow_id)))
+        return {_text(k): int(v) for k, v in raw.items()}
+
     def results_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, Any]:
         if not step_ids:
             return {}

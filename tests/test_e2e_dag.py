@@ -224,3 +224,64 @@ def test_a_condition_that_cannot_be_evaluated_fails_the_step(client: Client) -> 
     status = run(client, spec)
     assert status["state"] == "failed"
     assert "condition cannot be evaluated" in by_id(status)["a"]["error"]
+
+
+def test_a_ready_counter_step_lost_by_a_crash_is_published_by_recovery(client: Client) -> None:
+    import time as clock
+
+    from orchestrator.compiler import compile_workflow
+    from orchestrator.store import Change
+
+    # N shape, so every step is on counters. We play the part of a worker that recorded
+    # `a` and `b` as succeeded and died before publishing what they released.
+    workflow = client.orchestrator.checker.check(
+        {
+            "name": "stranded-counters",
+            "steps": [
+                {"id": "a", "task": "treadle.noop"},
+                {"id": "b", "task": "treadle.noop"},
+                {"id": "c", "task": "treadle.noop", "after": ["a", "b"]},
+                {"id": "d", "task": "treadle.noop", "after": ["b"]},
+            ],
+        }
+    )
+    compiled = compile_workflow(workflow)
+    assert compiled.counters == {"a", "b", "c", "d"}
+    store = client.orchestrator.store
+    workflow_id = f"stranded-counters-{clock.time_ns()}"
+    store.create(workflow_id, workflow, compiled)
+    store.set_fields(workflow_id, {"dispatched_at": repr(clock.time())})
+    ready: list[str] = []
+    for step in ("a", "b"):
+        now = clock.time()
+        applied = store.apply(
+            workflow_id,
+            [
+                Change(
+                    step,
+                    "pending",
+                    "running",
+                    {"attempts": 1, "started_at": now},
+                    {"at": now, "attempt": 1},
+                ),
+            ],
+        )
+        applied = store.apply(
+            workflow_id,
+            [
+                Change(
+                    step,
+                    "running",
+                    "succeeded",
+                    {"finished_at": now},
+                    {"at": now},
+                    result_json="null",
+                    release=store.step_defs_of(workflow_id, [step])[step]["release"],
+                ),
+            ],
+        )
+        ready.extend(applied.ready)
+    assert sorted(ready) == ["c", "d"]  # released, never published
+    status = client.wait(workflow_id, timeout_s=30)
+    assert status["state"] == "succeeded"
+    assert client.audit(workflow_id).ok

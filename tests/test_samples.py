@@ -129,7 +129,9 @@ def test_sample_is_quick(name: str) -> None:
     for step in load(name).steps:
         definition = REGISTRY.get(step.task)
         assert definition is not None
-        item: dict[str, Any] = {"item": {}} if step.for_each else {}  # a fan-out's item comes at run time
+        item: dict[str, Any] = (
+            {"item": {}} if step.for_each else {}
+        )  # a fan-out's item comes at run time
         kwargs = definition.bind({**step.args, **item})
         total += float(kwargs.get("work_s", 0.0))
         if step.task == "treadle.sleep":
