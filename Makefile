@@ -18,13 +18,13 @@ demo: $(STAMP)
 	$(BIN)/treadle demo
 
 test: $(STAMP)
-	$(BIN)/ruff check orchestrator workers config tests ops
+	$(BIN)/ruff check --no-cache orchestrator workers config tests ops
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator workers config tests ops
-	$(BIN)/ruff format --check orchestrator workers config tests ops
+	$(BIN)/ruff check --no-cache orchestrator workers config tests ops
+	$(BIN)/ruff format --no-cache --check orchestrator workers config tests ops
 
 bench-makespan: $(STAMP)
 	$(BIN)/python ops/bench/makespan.py

@@ -69,11 +69,7 @@ def _stranded_counter_steps(
     ended before ``before``; the step runtime publishes a ready step at once, so one that
     is still pending that long after was lost."""
     store = orchestrator.store
-    zero = [
-        step
-        for step, count in store.waiting_counts(workflow_id).items()
-        if int(count) <= 0
-    ]
+    zero = [step for step, count in store.waiting_counts(workflow_id).items() if int(count) <= 0]
     if not zero:
         return []
     records = store.step_records(workflow_id)

@@ -23,9 +23,9 @@ from orchestrator.dispatch import step_signature
 from orchestrator.errors import Permanent
 from orchestrator.states import StepState
 from orchestrator.store import Applied, Change, Conflict, StateStore, StepView
-from workers.hooks import StepCall
 
 JOIN_TASK = "treadle.join"
+MAX_ITEMS = 20_000  # as many as a workflow may have steps (Settings.max_steps default)
 _NOT_INHERITED = ("for_each", "max_parallel", "release", "counter", "when", "trigger")
 
 
@@ -33,7 +33,7 @@ def item_id(parent: str, index: int) -> str:
     return f"{parent}[{index}]"
 
 
-def fan_out(store: StateStore, task: Task, view: StepView, call: StepCall) -> NoReturn:
+def fan_out(store: StateStore, task: Task, view: StepView) -> NoReturn:
     """Create the items (once) and replace the running task by their chord."""
     source = view.definition["for_each"]
     items = view.results.get(source)
@@ -41,18 +41,14 @@ def fan_out(store: StateStore, task: Task, view: StepView, call: StepCall) -> No
         raise Permanent(
             f"for_each: the result of step {source} is {type(items).__name__}, not a list"
         )
-    if items:
-        _create_items(store, view, items)
+    if len(items) > MAX_ITEMS:
+        raise Permanent(f"for_each: {len(items)} items; a fan-out takes at most {MAX_ITEMS}")
+    definitions = [_item_def(view, i, value) for i, value in enumerate(items)]
+    if definitions:
+        _create_items(store, view, definitions)
     priority = view.definition.get("priority") or view.priority
     signatures = [
-        step_signature(
-            task.app,
-            view.workflow_id,
-            item_id(view.step_id, i),
-            _item_def(view, i, value),
-            view.priority,
-        )
-        for i, value in enumerate(items)
+        step_signature(task.app, view.workflow_id, d["id"], d, view.priority) for d in definitions
     ]
     join = task.app.signature(
         JOIN_TASK,
@@ -86,19 +82,19 @@ def _item_def(view: StepView, index: int, value: Any) -> dict[str, Any]:
     return definition
 
 
-def _create_items(store: StateStore, view: StepView, items: list[Any]) -> None:
+def _create_items(store: StateStore, view: StepView, definitions: list[dict[str, Any]]) -> None:
     """All items or none, once: a redelivered fan-out finds them already there."""
     now = time.time()
     changes = [
         Change(
-            item_id(view.step_id, i),
+            d["id"],
             "",
             StepState.pending.value,
             {"attempts": 0},
-            {"at": now, "item_of": view.step_id, "index": i},
-            definition=_item_def(view, i, value),
+            {"at": now, "item_of": view.step_id, "index": d["index"]},
+            definition=d,
         )
-        for i, value in enumerate(items)
+        for d in definitions
     ]
     try:
         store.apply(view.workflow_id, changes)

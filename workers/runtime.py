@@ -20,10 +20,10 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
-from orchestrator.conditions import ConditionError
 from pydantic import ValidationError
 
 from orchestrator import audit
+from orchestrator.conditions import ConditionError
 from orchestrator.dispatch import publish_steps
 from orchestrator.errors import Permanent, StepError
 from orchestrator.model import RetryPolicy
@@ -82,7 +82,7 @@ class StepRuntime:
             if attempt.refusal is not None:
                 raise Permanent(attempt.refusal)
             if attempt.view.definition.get("for_each"):
-                fan_out(self.store, task, attempt.view, attempt.call)  # replaces the task
+                fan_out(self.store, task, attempt.view)  # replaces the task
             result_json = self._call_function(attempt)
         except (Ignore, Retry):
             raise  # Celery's own control flow (a replaced or retried task), not a failure
