@@ -85,20 +85,34 @@ def wait_until(
         time.sleep(poll_s)
 
 
-def run_cli(stack: Stack, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    """The real `treadle` command against the test stack."""
-    env = stack.env()
-    env.pop("TREADLE_SWEEP_INTERVAL_S", None)
-    env.pop("TREADLE_RECOVERY_AFTER_S", None)
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any TREADLE_* name, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREADLE_")}
+    env.update({f"TREADLE_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def treadle(
+    *args: str, env: dict[str, str], cwd: Path = REPO, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `treadle` command and collect what it printed."""
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],
         env=env,
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout_s,
         check=False,
     )
+
+
+def run_cli(stack: Stack, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real `treadle` command against the test stack."""
+    env = stack.env()
+    env.pop("TREADLE_SWEEP_INTERVAL_S", None)
+    env.pop("TREADLE_RECOVERY_AFTER_S", None)
+    return treadle(*args, env=env, timeout_s=timeout_s)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO, SAMPLE_MODULES
+from tests.conftest import SAMPLE_MODULES, clean_env, treadle
 from workers.samples import workflow_files
 
 
-def treadle(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TREADLE_")}
-    env["TREADLE_TASK_MODULES"] = SAMPLE_MODULES
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return treadle(*args, env=clean_env(task_modules=SAMPLE_MODULES), timeout_s=60)
 
 
 def test_validate_accepts_every_sample() -> None:
-    result = treadle("validate", *map(str, workflow_files()))
+    result = run("validate", *map(str, workflow_files()))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ok ") == len(workflow_files())
 
@@ -42,7 +30,7 @@ def test_plan_shows_counters_critical_path_and_estimates(tmp_path: Path) -> None
     )
     durations = tmp_path / "d.yaml"
     durations.write_text("{a: 2, b: 1, c: 1, d: 5}\n")
-    result = treadle("plan", str(spec), "--durations", str(durations), "--json")
+    result = run("plan", str(spec), "--durations", str(durations), "--json")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["canvas"] is None and plan["counters"] == ["a", "b", "c", "d"]
@@ -50,17 +38,17 @@ def test_plan_shows_counters_critical_path_and_estimates(tmp_path: Path) -> None
     assert plan["estimates"]["sequential_s"] == 9.0
     assert plan["estimates"]["parallel_s"] == 6.0
 
-    human = treadle("plan", str(spec))
+    human = run("plan", str(spec))
     assert human.returncode == 0
     assert "counters" in human.stdout and "estimated makespan" in human.stdout
 
     durations.write_text("{zz: 1}\n")
-    refused = treadle("plan", str(spec), "--durations", str(durations))
+    refused = run("plan", str(spec), "--durations", str(durations))
     assert refused.returncode == 2
     assert "zz: no such step in the workflow" in refused.stderr
 
 
 def test_schema_is_json_schema_of_specs() -> None:
-    result = treadle("schema")
+    result = run("schema")
     schema = json.loads(result.stdout)
     assert {"steps", "stages", "params", "priority"} <= set(schema["properties"])

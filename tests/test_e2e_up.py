@@ -16,28 +16,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SAMPLE_MODULES, wait_until
+from tests.conftest import SAMPLE_MODULES, clean_env, treadle, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TREADLE_")}
-    env["TREADLE_TASK_MODULES"] = SAMPLE_MODULES
-    env["TREADLE_FLOWER_PORT"] = "0"  # any free port
-    return env
+def _env(**extra: str) -> dict[str, str]:
+    # Flower on any free port, so a running `treadle up` elsewhere does not matter.
+    return clean_env(task_modules=SAMPLE_MODULES, flower_port="0", **extra)
 
 
 def _treadle(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return treadle(*args, env=_env(), cwd=cwd)
 
 
 def _flower(url: str, auth: str, path: str) -> Any:
@@ -110,16 +100,7 @@ def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
 
 
 def test_unreachable_redis_exits_5(tmp_path: Path) -> None:
-    env = _env()
-    env["TREADLE_REDIS_URL"] = "redis://127.0.0.1:1/0"
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "status", "abc"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = _env(redis_url="redis://127.0.0.1:1/0")
+    result = treadle("status", "abc", env=env, cwd=tmp_path, timeout_s=60)
     assert result.returncode == 5, result.stderr
     assert "cannot be reached" in result.stderr
