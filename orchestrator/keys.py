@@ -54,3 +54,15 @@ class Keys:
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.prefix}:delayed"
+
+    @property
+    def delayed_entries(self) -> str:
+        return f"{self.prefix}:delayed:entries"
+
+    @property
+    def delayed_inflight(self) -> str:
+        return f"{self.prefix}:delayed:inflight"

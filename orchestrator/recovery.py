@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from orchestrator.delays import DelayedMessages
 from orchestrator.dispatch import dispatch_stored, mark_queued, publish_steps
 from orchestrator.service import Orchestrator
 from orchestrator.states import WORKFLOW_FINAL
@@ -35,6 +36,8 @@ def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> Swe
     store = orchestrator.store
     report = SweepReport()
     now = time.time()
+    # A retry taken for publishing by a process that died before confirming it.
+    DelayedMessages(store).requeue_stale(older_than_s=undispatched_after_s, now=now)
     ids = list(store.ids())
     for start in range(0, len(ids), 500):
         batch = ids[start : start + 500]

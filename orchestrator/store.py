@@ -27,7 +27,8 @@ from orchestrator.states import StepState, WorkflowState
 _MAX_STALE_RETRIES = 64
 
 
-def _script(name: str) -> str:
+def lua_script(name: str) -> str:
+    """A Lua script from ``orchestrator/lua``; each file starts with its KEYS/ARGV contract."""
     return files("orchestrator").joinpath("lua", name).read_text(encoding="utf-8")
 
 
@@ -43,6 +44,17 @@ class Change:
     result_json: str | None = None
     release: Sequence[str] = ()  # counter dependents whose count this change lowers
     definition: Mapping[str, Any] | None = None  # for a step this change creates
+    delayed: Delayed | None = None  # a message to publish once it is due (a retry)
+
+
+@dataclass(frozen=True)
+class Delayed:
+    id: str  # no spaces: "<workflow>/<step>/<attempt>"
+    due: float
+    message: Mapping[str, Any]  # a Celery signature as a dict
+
+    def encode(self) -> str:
+        return f"{self.id} {self.due!r} {json.dumps(self.message)}"
 
 
 @dataclass(frozen=True)
@@ -100,8 +112,8 @@ class StateStore:
         self.redis = client
         self.keys = keys
         self.state_ttl_s = state_ttl_s
-        self._create = client.register_script(_script("create_workflow.lua"))
-        self._transition = client.register_script(_script("transition.lua"))
+        self._create = client.register_script(lua_script("create_workflow.lua"))
+        self._transition = client.register_script(lua_script("transition.lua"))
 
     # -- writing -------------------------------------------------------------------------
 
@@ -185,6 +197,8 @@ class StateStore:
             self.keys.results(workflow_id),
             self.keys.waiting(workflow_id),
             self.keys.defs(workflow_id),
+            self.keys.delayed,
+            self.keys.delayed_entries,
         ]
         if tail is None:
             tail = _text(self.redis.hget(keys[0], "audit_tail") or b"")
@@ -211,6 +225,7 @@ class StateStore:
                     change.result_json or "",
                     json.dumps(list(change.release)) if change.release else "",
                     json.dumps(change.definition) if change.definition is not None else "",
+                    change.delayed.encode() if change.delayed is not None else "",
                 ]
             reply = self._call(self._transition, keys=keys, args=[tail, prev, len(changes), *args])
             status = _text(reply[0])

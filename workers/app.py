@@ -16,6 +16,7 @@ from config.settings import Settings
 from orchestrator.keys import Keys
 from orchestrator.states import StepState
 from orchestrator.store import Change, Conflict, StateStore
+from workers.delayed_publisher import install_delayed_publisher
 from workers.fan_out import JOIN_TASK
 from workers.hooks import LogHook
 from workers.registry import Registry, load_task_modules
@@ -86,6 +87,7 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
             log.exception("could not record workflow %s step %s as queued", workflow_id, step_id)
 
     before_task_publish.connect(mark_queued, weak=False)
+    install_delayed_publisher(app, settings, redis_url)
     return app
 
 

@@ -22,13 +22,14 @@ from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
+from config.queues import queue_for
 from orchestrator import audit
 from orchestrator.conditions import ConditionError
 from orchestrator.dispatch import publish_steps
 from orchestrator.errors import Permanent, StepError
 from orchestrator.model import RetryPolicy
 from orchestrator.states import STEP_FINAL, STEP_NOT_STARTED, WORKFLOW_FINAL, StepState
-from orchestrator.store import Applied, Change, Conflict, StateStore, StepView
+from orchestrator.store import Applied, Change, Conflict, Delayed, StateStore, StepView
 from workers.context import StepContext
 from workers.fan_out import fan_out, join
 from workers.gates import skip_reason
@@ -277,6 +278,7 @@ class StepRuntime:
         result_json: str | None = None,
         extra: Sequence[Change] = (),
         release: Sequence[str] = (),
+        delayed: Delayed | None = None,
     ) -> Applied:
         call = attempt.call
         record = {
@@ -287,7 +289,14 @@ class StepRuntime:
             **{k: fields[k] for k in ("output_sha256", "error") if fields.get(k) is not None},
         }
         change = Change(
-            call.step_id, StepState.running.value, new.value, fields, record, result_json, release
+            call.step_id,
+            StepState.running.value,
+            new.value,
+            fields,
+            record,
+            result_json,
+            release,
+            delayed=delayed,
         )
         return self.store.apply(call.workflow_id, [change, *extra], tail=None)
 
@@ -299,12 +308,21 @@ class StepRuntime:
         self._after(lambda h: h.after_failure(attempt.call, exc, elapsed, retry))
         if retry:
             delay = policy.delay_s(attempt.call.attempt, random.random())
+            due = time.time() + delay
+            # The same message again (same task id, same place in its chain or chord),
+            # kept in Redis until due rather than as an ETA message a worker holds.
+            again = task.signature_from_request(queue=queue_for(attempt.call.pool))
             self._record(
                 attempt,
                 StepState.retrying,
-                {"error": error, "next_attempt_at": time.time() + delay},
+                {"error": error, "next_attempt_at": due},
+                delayed=Delayed(
+                    f"{attempt.call.workflow_id}/{attempt.call.step_id}/{attempt.call.attempt}",
+                    due,
+                    dict(again),
+                ),
             )
-            raise task.retry(countdown=delay, max_retries=None, exc=exc)
+            raise Ignore()  # this delivery is done; the retry is the delayed message
         applied = self._fail_for_good(attempt, error, exc)
         if applied.complete:
             finish_workflow(self.store, attempt.call.workflow_id)

@@ -7,20 +7,24 @@
 -- Being inside the compare-and-set, a release happens exactly once per transition.
 -- A transition whose expected state is '' creates its step (a fan-out's items): the step
 -- must not exist yet, gets the definition given, and counts towards steps_total.
+-- A transition may also schedule a message to be published later (a retry): it is
+-- stored with its due time together with the state that expects it, so a crash can
+-- neither lose the retry of a step recorded as retrying nor leave a retry without one.
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
---       6 definitions hash
+--       6 definitions hash, 7 delayed zset, 8 delayed entries hash
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N, then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
 --       fields to merge (JSON object), audit record (JSON text), result (JSON text or ''),
---       dependents to release (JSON array or ''), definition of a created step (or '')
+--       dependents to release (JSON array or ''), definition of a created step (or ''),
+--       delayed message ('' for none: else "<id> <due time> <message JSON>")
 -- Returns {'ok', steps_done, steps_total, workflow_state, ready step ids...}
 --      or {'stale', current_tail} or {'conflict', target, current_state}.
 local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
                   compensated=true, ['dead-lettered']=true}
 local FAILED = {failed=true, ['dead-lettered']=true}
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local defs = KEYS[6]
-local WIDTH = 8
+local defs, delayed, entries = KEYS[6], KEYS[7], KEYS[8]
+local WIDTH = 9
 local tail = redis.call('HGET', wf, 'audit_tail') or ''
 if tail ~= ARGV[1] then
   return {'stale', tail}
@@ -82,6 +86,11 @@ for i = 0, n - 1 do
     end
   end
   redis.call('RPUSH', audit, ARGV[base + 4])
+  if ARGV[base + 8] ~= '' then
+    local id, due, message = string.match(ARGV[base + 8], '^(%S+) (%S+) (.*)$')
+    redis.call('HSET', entries, id, message)
+    redis.call('ZADD', delayed, due, id)
+  end
   if ARGV[base + 6] ~= '' then
     for _, dependent in ipairs(cjson.decode(ARGV[base + 6])) do
       if redis.call('HINCRBY', waiting, dependent, -1) == 0 then
