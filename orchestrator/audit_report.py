@@ -84,7 +84,7 @@ def order_problems(
     all_done`` (the steps named in ``all_done``) ended in any way.
     """
     started: dict[str, list[int]] = {}
-    ended: dict[str, tuple[int, str]] = {}
+    ended: dict[str, list[tuple[int, str]]] = {}
     succeeded: dict[str, int] = {}
     for position, record in enumerate(_records(entries)):
         step, to = record.get("step_id"), record.get("to")
@@ -93,7 +93,7 @@ def order_problems(
         if to == "running":
             started.setdefault(step, []).append(position)
         elif to in _FINAL:
-            ended.setdefault(step, (position, to))
+            ended.setdefault(step, []).append((position, to))
             if to == "succeeded":
                 succeeded[step] = succeeded.get(step, 0) + 1
     problems = [f"step {s} succeeded {n} times" for s, n in succeeded.items() if n > 1]
@@ -101,11 +101,15 @@ def order_problems(
     for step, deps in after.items():
         for start in started.get(step, []):
             for dep in deps:
-                end = ended.get(dep)
-                if end is None or end[0] > start:
+                # What counts is how the dependency had last ended when the step started
+                # (a resume runs a failed dependency again).
+                before = [end for end in ended.get(dep, []) if end[0] < start]
+                if not before:
                     problems.append(f"step {step} started before its dependency {dep} ended")
-                elif end[1] != "succeeded" and step not in lenient:
-                    problems.append(f"step {step} started although its dependency {dep} {end[1]}")
+                elif before[-1][1] != "succeeded" and step not in lenient:
+                    problems.append(
+                        f"step {step} started although its dependency {dep} {before[-1][1]}"
+                    )
     return problems
 
 
@@ -130,7 +134,7 @@ def audit(
         if step is None:
             continue
         if to == "running":
-            started.setdefault(step, record["at"])
+            started[step] = record["at"]  # the last run is the one that counts
             attempts[step] = attempts.get(step, 0) + 1
         elif to in ("succeeded", "failed", "skipped", "cancelled", "dead-lettered"):
             ended[step] = record["at"]

@@ -241,6 +241,70 @@ def cancel(workflow_id: str) -> None:
     out.print(f"{workflow_id}: {state}")
 
 
+@main.command()
+@click.argument("workflow_id")
+def resume(workflow_id: str) -> None:
+    """Re-run failed, skipped and cancelled steps and their dependents; keep the rest."""
+    with _client() as client:
+        steps = client.resume(workflow_id)
+    if steps:
+        out.print(f"{workflow_id}: running again: {', '.join(steps)}")
+    else:
+        out.print(f"{workflow_id}: nothing to resume (every step succeeded)")
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter queue: steps that failed for good, messages that could not be read."""
+
+
+@dlq.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(as_json: bool) -> None:
+    """Dead letters, newest first."""
+    with _client() as client:
+        entries = client.dead_letters.entries()
+    if as_json:
+        click.echo(json.dumps(entries))
+    else:
+        render.dead_letters(out, entries)
+
+
+@dlq.command(name="show")
+@click.argument("letter_id")
+def dlq_show(letter_id: str) -> None:
+    """One dead letter, whole (with its traceback)."""
+    with _client() as client:
+        click.echo(json.dumps(client.dead_letters.get(letter_id), indent=2))
+
+
+@dlq.command(name="replay")
+@click.argument("letter_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every step dead letter.")
+def dlq_replay(letter_id: str | None, replay_all: bool) -> None:
+    """Re-queue a dead-lettered step; its workflow goes on."""
+    if bool(letter_id) == replay_all:
+        raise InvalidInput("give one dead letter id, or --all")
+    with _client() as client:
+        if letter_id:
+            out.print(f"replayed {letter_id}: workflow {client.replay(letter_id)} goes on")
+            return
+        workflows = sorted(
+            {e["workflow_id"] for e in client.dead_letters.entries() if e.get("kind") == "step"}
+        )
+        for workflow_id in workflows:
+            client.resume(workflow_id)
+            out.print(f"workflow {workflow_id} goes on")
+        out.print(f"replayed the dead letters of {len(workflows)} workflow(s)")
+
+
+@dlq.command(name="purge")
+def dlq_purge() -> None:
+    """Delete every dead letter (their workflows stay failed)."""
+    with _client() as client:
+        out.print(f"purged {client.dead_letters.purge()} dead letter(s)")
+
+
 # -- processes -------------------------------------------------------------------------
 
 

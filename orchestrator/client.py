@@ -18,6 +18,7 @@ from typing import Any
 from config.settings import Settings, get_settings
 from orchestrator.audit import chain_problems
 from orchestrator.audit_report import AuditReport, audit
+from orchestrator.dead_letters import DeadLetters
 from orchestrator.service import Orchestrator, Submission, with_overrides
 from orchestrator.states import WORKFLOW_FINAL
 from orchestrator.validate import load_spec_file
@@ -98,6 +99,18 @@ class Client:
 
     def cancel(self, workflow_id: str) -> str:
         return self.orchestrator.cancel(workflow_id)
+
+    def resume(self, workflow_id: str) -> builtins.list[str]:
+        """Re-run what did not succeed; returns the steps that run again."""
+        return self.orchestrator.resume(workflow_id).steps
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(self.orchestrator.store)
+
+    def replay(self, letter_id: str) -> str:
+        """Re-queue a dead-lettered step; returns its workflow id."""
+        return self.orchestrator.replay(letter_id).workflow_id
 
     def audit(self, workflow_id: str) -> AuditReport:
         """Check the recorded run against its graph; per-step waits and run times."""

@@ -66,3 +66,11 @@ class Keys:
     @property
     def delayed_inflight(self) -> str:
         return f"{self.prefix}:delayed:inflight"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dead_letter"
+
+    @property
+    def dead_letters_by_time(self) -> str:
+        return f"{self.prefix}:dead_letter:time"

@@ -174,6 +174,24 @@ def audit_report(console: Console, report: AuditReport) -> None:
     console.print(table)
 
 
+def dead_letters(console: Console, entries: Sequence[dict[str, Any]]) -> None:
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("id", "filed", "workflow", "step", "task", "attempts", "error"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(
+            e["id"],
+            _time(e.get("at")),
+            e.get("workflow_id") or "-",
+            e.get("step_id") or "-",
+            e.get("task") or "-",
+            str(e.get("attempts", "-")),
+            (e.get("error") or "")[:80],
+        )
+    console.print(table)
+    console.print(f"{len(entries)} dead letter(s)")
+
+
 def list_table(console: Console, rows: Sequence[dict[str, Any]]) -> None:
     table = Table(show_edge=False, header_style="bold")
     for column in ("id", "name", "state", "priority", "steps", "submitted", "took"):

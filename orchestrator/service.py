@@ -19,10 +19,12 @@ from config.celery_app import make_app, resolve_redis_url
 from config.settings import Settings
 from config.topology import Topology, load_topology
 from orchestrator.compiler import compile_workflow
+from orchestrator.dead_letters import DeadLetters
 from orchestrator.dispatch import dispatch
 from orchestrator.errors import InvalidInput, Problem, Unreachable
 from orchestrator.keys import Keys
 from orchestrator.model import Workflow
+from orchestrator.resume import Resumed, resume
 from orchestrator.states import STEP_NOT_STARTED, WORKFLOW_FINAL, StepState, WorkflowState
 from orchestrator.store import Change, Conflict, StateStore, step_definitions
 from orchestrator.validate import Limits, validate
@@ -216,6 +218,20 @@ class Orchestrator:
             self.store.expire(workflow_id)
             return WorkflowState.cancelled.value
         raise Unreachable(f"workflow {workflow_id}: too busy to cancel, try again")
+
+    def resume(self, workflow_id: str) -> Resumed:
+        """Re-run failed, dead-lettered, skipped and cancelled steps and their dependents."""
+        return resume(self.app, self.store, workflow_id)
+
+    def replay(self, letter_id: str) -> Resumed:
+        """Re-queue a dead-lettered step; its workflow goes on (a resume of it)."""
+        letter = DeadLetters(self.store).get(letter_id)
+        if letter.get("kind") != "step":
+            raise InvalidInput(
+                f"dead letter {letter_id} is a message that could not be read "
+                f"({letter.get('error')}); it cannot be replayed, only purged"
+            )
+        return self.resume(letter["workflow_id"])
 
 
 def _safe_url(url: str) -> str:

@@ -45,6 +45,7 @@ class Change:
     release: Sequence[str] = ()  # counter dependents whose count this change lowers
     definition: Mapping[str, Any] | None = None  # for a step this change creates
     delayed: Delayed | None = None  # a message to publish once it is due (a retry)
+    dead_letter: Mapping[str, Any] | None = None  # filed with a final failure (has "id", "at")
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ class StateStore:
             self.keys.defs(workflow_id),
             self.keys.delayed,
             self.keys.delayed_entries,
+            self.keys.dead_letters,
+            self.keys.dead_letters_by_time,
         ]
         if tail is None:
             tail = _text(self.redis.hget(keys[0], "audit_tail") or b"")
@@ -226,6 +229,7 @@ class StateStore:
                     json.dumps(list(change.release)) if change.release else "",
                     json.dumps(change.definition) if change.definition is not None else "",
                     change.delayed.encode() if change.delayed is not None else "",
+                    _encode_letter(change.dead_letter),
                 ]
             reply = self._call(self._transition, keys=keys, args=[tail, prev, len(changes), *args])
             status = _text(reply[0])
@@ -302,6 +306,16 @@ class StateStore:
             return {}
         raw = self._guard(lambda: self.redis.hmget(self.keys.defs(workflow_id), step_ids))
         return {sid: json.loads(v) for sid, v in zip(step_ids, raw, strict=True) if v is not None}
+
+    def set_waiting(self, workflow_id: str, counts: Mapping[str, int]) -> None:
+        """Dependency counts of counter steps (a resumed workflow's are new)."""
+        key = self.keys.waiting(workflow_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if counts:
+                mapping: dict[Any, Any] = dict(counts)
+                pipe.hset(key, mapping=mapping)
+            self._execute(pipe)
 
     def waiting_counts(self, workflow_id: str) -> dict[str, int]:
         """Counter steps and how many of their dependencies have not ended yet."""
@@ -421,6 +435,12 @@ class StateStore:
             return call()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Unreachable(f"Redis cannot be reached: {exc}") from exc
+
+
+def _encode_letter(letter: Mapping[str, Any] | None) -> str:
+    if letter is None:
+        return ""
+    return f"{letter['id']} {letter['at']!r} {json.dumps(letter)}"
 
 
 def _with_items(order: list[str], defs: Mapping[str, Mapping[str, Any]]) -> list[str]:

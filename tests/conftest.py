@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_MODULES = (
     "workers.samples.shop,workers.samples.ml,workers.samples.compliance,workers.samples.images"
 )
+TEST_MODULES = f"{SAMPLE_MODULES},tests.tasks"
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +38,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
         redis_url=None,
         home=home,
-        task_modules=SAMPLE_MODULES,
+        task_modules=TEST_MODULES,
         sweep_interval_s=0.5,
         recovery_after_s=2.0,
     )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from typing import Any
 
 import pytest
 import redis
 
 from orchestrator.client import Client
-from tests.conftest import wait_until
+from orchestrator.errors import InvalidInput
+from orchestrator.stack import Stack
+from tests.conftest import run_cli, wait_until
+from tests.tasks import fix
 
 pytestmark = pytest.mark.e2e
 
@@ -84,3 +89,140 @@ def test_retries_inside_a_chord_header_keep_the_chord(client: Client) -> None:
     steps = by_id(status)
     assert (steps["x"]["attempts"], steps["y"]["attempts"]) == (3, 3)
     assert client.audit(workflow_id).ok
+
+
+def test_a_task_that_always_raises_is_dead_lettered_after_max_attempts_and_replayed(
+    stack: Stack, client: Client
+) -> None:
+    name = f"fixme-{time.time_ns()}"
+    spec = {
+        "name": "dead-letter-and-replay",
+        "steps": [
+            {"id": "before", "task": "treadle.echo", "args": {"value": 1}},
+            {
+                "id": "broken",
+                "task": "tests.broken_until_fixed",
+                "args": {"name": name},
+                "after": ["before"],
+                "retry": {"max_attempts": 3, "backoff_s": 0.05, "backoff_max_s": 0.1},
+            },
+            {"id": "after", "task": "treadle.noop", "after": ["broken"]},
+        ],
+    }
+    workflow_id = client.submit(spec)
+    status = client.wait(workflow_id, timeout_s=30)
+    assert status["state"] == "failed"
+    steps = by_id(status)
+    assert steps["broken"]["state"] == "dead-lettered"
+    assert steps["broken"]["attempts"] == 3  # exactly max_attempts
+    assert steps["after"]["state"] == "skipped"
+
+    listed = json.loads(run_cli(stack, "dlq", "list", "--json").stdout)
+    letter = next(e for e in listed if e.get("workflow_id") == workflow_id)
+    for key in (
+        "id",
+        "workflow_id",
+        "step_id",
+        "task",
+        "error",
+        "attempts",
+        "args",
+        "traceback",
+        "at",
+    ):
+        assert key in letter
+    assert (letter["step_id"], letter["task"], letter["attempts"]) == (
+        "broken",
+        "tests.broken_until_fixed",
+        3,
+    )
+    assert "is broken" in letter["error"] and "RuntimeError" in letter["traceback"]
+    shown = run_cli(stack, "dlq", "show", letter["id"])
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == letter["id"]
+
+    fix(name, stack.redis_url)
+    replayed = run_cli(stack, "dlq", "replay", letter["id"])
+    assert replayed.returncode == 0, replayed.stderr
+    status = client.wait(workflow_id, timeout_s=30)
+    assert status["state"] == "succeeded"
+    steps = by_id(status)
+    assert steps["broken"]["attempts"] == 1  # counted afresh after the replay
+    assert steps["after"]["state"] == "succeeded"
+    assert client.orchestrator.store.results(workflow_id)["before"] == 1  # kept, not re-run
+    assert not client.dead_letters.of_workflow(workflow_id)
+    report = client.audit(workflow_id)
+    assert report.ok, report.problems
+    before_runs = [t for t in report.timings if t.step_id == "before"]
+    assert before_runs[0].attempts == 1  # the checkpoint: `before` ran once
+
+
+def test_a_permanent_failure_is_dead_lettered_at_once(client: Client) -> None:
+    workflow_id = client.submit(
+        {
+            "name": "permanent",
+            "steps": [
+                {
+                    "id": "p",
+                    "task": "tests.always_permanent",
+                    "retry": {"max_attempts": 5, "backoff_s": 0.05},
+                }
+            ],
+        }
+    )
+    status = client.wait(workflow_id, timeout_s=30)
+    assert by_id(status)["p"]["attempts"] == 1
+    assert [e["step_id"] for e in client.dead_letters.of_workflow(workflow_id)] == ["p"]
+
+
+def test_resume_reruns_what_failed_and_what_depends_on_it(stack: Stack, client: Client) -> None:
+    name = f"resume-{time.time_ns()}"
+    spec = {
+        "name": "resumable",
+        "steps": [
+            {"id": "a", "task": "treadle.noop"},
+            {"id": "b", "task": "tests.broken_until_fixed", "args": {"name": name}, "after": ["a"]},
+            {"id": "c", "task": "treadle.noop", "after": ["a"]},
+            {"id": "d", "task": "treadle.noop", "after": ["b", "c"]},
+        ],
+    }
+    workflow_id = client.submit(spec)
+    assert client.wait(workflow_id, timeout_s=30)["state"] == "failed"
+    refused = run_cli(stack, "resume", "no-such-workflow")
+    assert refused.returncode == 4
+    fix(name, stack.redis_url)
+    resumed = run_cli(stack, "resume", workflow_id)
+    assert resumed.returncode == 0, resumed.stderr
+    status = client.wait(workflow_id, timeout_s=30)
+    assert status["state"] == "succeeded"
+    report = client.audit(workflow_id)
+    assert report.ok, report.problems
+    runs = {t.step_id: t.attempts for t in report.timings}
+    assert runs["a"] == 1  # succeeded before: not run again
+    assert runs["b"] == 2  # failed once, then once more after the resume
+
+
+def test_a_message_that_is_not_json_is_dead_lettered_and_never_runs(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    before = len(client.dead_letters)
+    body = b"\\x80\\x04\\x95 not json, maybe pickle"
+    envelope = {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "binary",
+        "content-type": "application/x-python-serialize",
+        "headers": {"task": "treadle.noop", "id": "poison-1", "lang": "py"},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": "poison-tag",
+            "delivery_info": {"exchange": "treadle", "routing_key": "default"},
+            "priority": 0,
+        },
+    }
+    redis_client.lpush("default", json.dumps(envelope))
+    wait_until(lambda: len(client.dead_letters) > before, 30, "the poison message to be filed")
+    letter = client.dead_letters.entries()[0]
+    assert letter["kind"] == "message"
+    assert letter["queue"] == "default"
+    assert redis_client.llen("default") == 0
+    with pytest.raises(InvalidInput, match="cannot be replayed"):
+        client.replay(letter["id"])

@@ -177,7 +177,7 @@ def test_a_step_that_fails_for_good_stops_the_workflow(client: Client) -> None:
     status = client.wait(workflow_id, timeout_s=30)
     steps = steps_by_id(status)
     assert status["state"] == "failed"
-    assert steps["bad"]["state"] == "failed"
+    assert steps["bad"]["state"] == "dead-lettered"
     assert steps["bad"]["attempts"] == 1  # Permanent: no retry
     assert "Permanent" in steps["bad"]["error"]
     assert steps["slow-branch"]["state"] == "succeeded"  # already running: finished

@@ -9,16 +9,21 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
+from celery.exceptions import Ignore
 from celery.signals import before_task_publish
 
 from config.celery_app import make_app
 from config.settings import Settings
+from orchestrator.dead_letters import DeadLetters
+from orchestrator.errors import NotFound
 from orchestrator.keys import Keys
 from orchestrator.states import StepState
 from orchestrator.store import Change, Conflict, StateStore
+from workers import poison
 from workers.delayed_publisher import install_delayed_publisher
 from workers.fan_out import JOIN_TASK
 from workers.hooks import LogHook
+from workers.poison import describe
 from workers.registry import Registry, load_task_modules
 from workers.runtime import StepRuntime
 
@@ -88,12 +93,37 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
 
     before_task_publish.connect(mark_queued, weak=False)
     install_delayed_publisher(app, settings, redis_url)
+    poison.install(app, lambda: DeadLetters(holder.runtime.store))
     return app
 
 
 def _register(app: Celery, name: str, holder: _PerProcess) -> None:
-    def run(self: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
-        return holder.runtime.execute(self, workflow_id, step_id)
+    def run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # Checked here, not by Celery's call: a message of the wrong shape is a dead
+        # letter, not a task error that would be logged and forgotten.
+        if kwargs or len(args) != 2 or not all(isinstance(a, str) for a in args):
+            shape = f"args={args!r} kwargs={kwargs!r}"[:500]
+            DeadLetters(holder.runtime.store).file(
+                {
+                    **describe(self.request, "not a treadle step message"),
+                    "task": name,
+                    "message_id": self.request.id,
+                    "body": shape,
+                }
+            )
+            raise Ignore()
+        try:
+            return holder.runtime.execute(self, args[0], args[1])
+        except NotFound as exc:
+            DeadLetters(holder.runtime.store).file(
+                {
+                    **describe(self.request, str(exc)),
+                    "task": name,
+                    "message_id": self.request.id,
+                    "body": repr(args),
+                }
+            )
+            raise Ignore() from exc
 
     run.__name__ = run.__qualname__ = name.replace(".", "_")
-    app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)(run)
+    app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, typing=False)(run)

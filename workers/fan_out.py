@@ -47,8 +47,13 @@ def fan_out(store: StateStore, task: Task, view: StepView) -> NoReturn:
     if definitions:
         _create_items(store, view, definitions)
     priority = view.definition.get("priority") or view.priority
+    # Items that already succeeded (a resumed fan-out) keep their results and do not run
+    # again; the join reads every item's result in order.
+    records = store.step_records(view.workflow_id) if definitions else {}
     signatures = [
-        step_signature(task.app, view.workflow_id, d["id"], d, view.priority) for d in definitions
+        step_signature(task.app, view.workflow_id, d["id"], d, view.priority)
+        for d in definitions
+        if records.get(d["id"], {}).get("state") != StepState.succeeded.value
     ]
     join = task.app.signature(
         JOIN_TASK,

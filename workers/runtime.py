@@ -170,7 +170,7 @@ class StepRuntime:
                 "input_sha256": input_sha,
                 "finished_at": None,
             }
-            if "queued_at" not in view.record:
+            if not view.record.get("queued_at"):
                 fields["queued_at"] = now
             record = {
                 "at": now,
@@ -203,7 +203,7 @@ class StepRuntime:
     def _skip(self, view: StepView, state: StepState, reason: str) -> Applied:
         now = time.time()
         fields = {"finished_at": now, "skip_reason": reason}
-        if "queued_at" not in view.record:
+        if not view.record.get("queued_at"):
             fields["queued_at"] = now
         return self.store.apply(
             view.workflow_id,
@@ -279,6 +279,7 @@ class StepRuntime:
         extra: Sequence[Change] = (),
         release: Sequence[str] = (),
         delayed: Delayed | None = None,
+        dead_letter: dict[str, Any] | None = None,
     ) -> Applied:
         call = attempt.call
         record = {
@@ -297,6 +298,7 @@ class StepRuntime:
             result_json,
             release,
             delayed=delayed,
+            dead_letter=dead_letter,
         )
         return self.store.apply(call.workflow_id, [change, *extra], tail=None)
 
@@ -332,47 +334,59 @@ class StepRuntime:
         ) from exc
 
     def _fail_for_good(self, attempt: _Attempt, error: str, exc: BaseException) -> Applied:
-        """Record the failure and, under ``on_failure: stop``, skip every step not yet
-        started (running branches finish; nothing new starts)."""
-        fields = {
+        """File the step in the dead-letter queue and, under ``on_failure: stop``, skip
+        every step not yet started (running branches finish; nothing new starts)."""
+        call, now = attempt.call, time.time()
+        trace = "".join(traceback.format_exception(exc))[-_ERROR_CHARS * 2 :]
+        fields = {"error": error, "traceback": trace, "finished_at": now}
+        letter = {
+            "id": f"{call.workflow_id}/{call.step_id}/{call.attempt}",
+            "at": now,
+            "kind": "step",
+            "workflow_id": call.workflow_id,
+            "step_id": call.step_id,
+            "task": call.task,
+            "args": attempt.view.definition.get("args") or {},
             "error": error,
-            "traceback": "".join(traceback.format_exception(exc))[-_ERROR_CHARS * 2 :],
-            "finished_at": time.time(),
+            "traceback": trace,
+            "attempts": call.attempt,
+            "pool": call.pool,
+            "worker": call.worker,
         }
         for _ in range(_CLAIM_ATTEMPTS):
-            records = self.store.step_records(attempt.call.workflow_id)
-            reason = f"step {attempt.call.step_id} failed"
+            records = self.store.step_records(call.workflow_id)
             skips = [
                 Change(
                     sid,
                     rec["state"],
                     StepState.skipped.value,
-                    {"finished_at": time.time()},
-                    {"at": time.time(), "reason": reason},
+                    {"finished_at": now},
+                    {"at": now, "reason": f"step {call.step_id} failed"},
                 )
                 for sid, rec in records.items()
-                if sid != attempt.call.step_id and rec["state"] in STEP_NOT_STARTED
+                if sid != call.step_id and rec["state"] in STEP_NOT_STARTED
             ]
             parent = attempt.view.definition.get("item_of")
             if parent is not None and records.get(parent, {}).get("state") == "running":
+                # A fan-out whose item failed for good has failed: its join will not come.
+                why = f"item {call.step_id} failed"
                 skips.append(
                     Change(
                         parent,
                         StepState.running.value,
                         StepState.failed.value,
-                        {
-                            "finished_at": time.time(),
-                            "error": f"item {attempt.call.step_id} failed",
-                        },
-                        {"at": time.time(), "reason": f"item {attempt.call.step_id} failed"},
+                        {"finished_at": now, "error": why},
+                        {"at": now, "reason": why},
                     )
                 )
             try:
-                return self._record(attempt, StepState.failed, fields, extra=skips)
+                return self._record(
+                    attempt, StepState.dead_lettered, fields, extra=skips, dead_letter=letter
+                )
             except Conflict as conflict:
-                if conflict.target == attempt.call.step_id:
+                if conflict.target == call.step_id:
                     raise
-        return self._record(attempt, StepState.failed, fields)
+        return self._record(attempt, StepState.dead_lettered, fields, dead_letter=letter)
 
     @staticmethod
     def _policy(attempt: _Attempt) -> RetryPolicy:

@@ -10,21 +10,25 @@
 -- A transition may also schedule a message to be published later (a retry): it is
 -- stored with its due time together with the state that expects it, so a crash can
 -- neither lose the retry of a step recorded as retrying nor leave a retry without one.
+-- A final failure also files its dead letter here, so no dead-lettered step lacks one.
+-- Moving a step back from a final state (resume, replay) takes it out of the counts.
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
---       6 definitions hash, 7 delayed zset, 8 delayed entries hash
+--       6 definitions hash, 7 delayed zset, 8 delayed entries hash, 9 dead letters hash,
+--       10 dead letters by time
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N, then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
 --       fields to merge (JSON object), audit record (JSON text), result (JSON text or ''),
 --       dependents to release (JSON array or ''), definition of a created step (or ''),
---       delayed message ('' for none: else "<id> <due time> <message JSON>")
+--       delayed message ('' for none: else "<id> <due time> <message JSON>"),
+--       dead letter ('' for none: else "<id> <time> <entry JSON>")
 -- Returns {'ok', steps_done, steps_total, workflow_state, ready step ids...}
 --      or {'stale', current_tail} or {'conflict', target, current_state}.
 local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
                   compensated=true, ['dead-lettered']=true}
 local FAILED = {failed=true, ['dead-lettered']=true}
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local defs, delayed, entries = KEYS[6], KEYS[7], KEYS[8]
-local WIDTH = 9
+local defs, delayed, entries, letters, letters_by_time = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local WIDTH = 10
 local tail = redis.call('HGET', wf, 'audit_tail') or ''
 if tail ~= ARGV[1] then
   return {'stale', tail}
@@ -67,8 +71,10 @@ for i = 0, n - 1 do
     end
     record['state'] = new
     redis.call('HSET', steps, target, cjson.encode(record))
-    if old == '' then
+    if ARGV[base + 7] ~= '' then
       redis.call('HSET', defs, target, ARGV[base + 7])
+    end
+    if old == '' then
       redis.call('HINCRBY', wf, 'steps_total', 1)
     end
     if ARGV[base + 5] ~= '' then
@@ -80,6 +86,12 @@ for i = 0, n - 1 do
     if FAILED[new] and not FAILED[old] then
       redis.call('HINCRBY', wf, 'steps_failed', 1)
     end
+    if TERMINAL[old] and not TERMINAL[new] then
+      redis.call('HINCRBY', wf, 'steps_done', -1)
+    end
+    if FAILED[old] and not FAILED[new] then
+      redis.call('HINCRBY', wf, 'steps_failed', -1)
+    end
     if new == 'running' and redis.call('HGET', wf, 'state') == 'pending' then
       -- The first step to start starts the workflow; its record says so.
       redis.call('HSET', wf, 'state', 'running', 'started_at', record['started_at'])
@@ -90,6 +102,11 @@ for i = 0, n - 1 do
     local id, due, message = string.match(ARGV[base + 8], '^(%S+) (%S+) (.*)$')
     redis.call('HSET', entries, id, message)
     redis.call('ZADD', delayed, due, id)
+  end
+  if ARGV[base + 9] ~= '' then
+    local id, at, entry = string.match(ARGV[base + 9], '^(%S+) (%S+) (.*)$')
+    redis.call('HSET', letters, id, entry)
+    redis.call('ZADD', letters_by_time, at, id)
   end
   if ARGV[base + 6] ~= '' then
     for _, dependent in ipairs(cjson.decode(ARGV[base + 6])) do

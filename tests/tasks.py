@@ -1,0 +1,33 @@
+"""Tasks that only the test suite's workers load (TREADLE_TASK_MODULES in conftest)."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+
+from orchestrator.errors import Permanent
+from workers import StepContext, task
+
+
+def _redis(url: str | None = None) -> redis.Redis:
+    return redis.Redis.from_url(url or os.environ["TREADLE_REDIS_URL"])
+
+
+def fix(name: str, redis_url: str) -> None:
+    """What deploying a fixed version of ``tests.broken_until_fixed`` stands for."""
+    with _redis(redis_url) as client:
+        client.set(f"tests:fixed:{name}", 1)
+
+
+@task(name="tests.broken_until_fixed")
+def broken_until_fixed(ctx: StepContext, name: str) -> str:
+    with _redis() as client:
+        if not client.exists(f"tests:fixed:{name}"):
+            raise RuntimeError(f"{name} is broken (attempt {ctx.attempt})")
+    return f"{name} works"
+
+
+@task(name="tests.always_permanent")
+def always_permanent() -> None:
+    raise Permanent("this can never work")
