@@ -37,12 +37,27 @@ class RetryPolicy(_Spec):
     backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 1.0
     backoff_max_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
     jitter: bool = True
+    # Exception class names (``TimeoutError`` or ``package.module.Class``) that may be
+    # retried; any other exception fails the step at once. None: every exception except
+    # ``Permanent`` is retried.
+    retry_on: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
 
     @model_validator(mode="after")
     def _max_not_below_base(self) -> RetryPolicy:
         if self.backoff_max_s < self.backoff_s:
             raise ValueError("backoff_max_s must not be smaller than backoff_s")
         return self
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether this kind of error may be tried again under this policy."""
+        if self.retry_on is None:
+            return True
+        names = {
+            name
+            for cls in type(error).__mro__
+            for name in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}")
+        }
+        return bool(names.intersection(self.retry_on))
 
     def delay_s(self, attempt: int, random_fraction: float) -> float:
         """Delay before attempt ``attempt + 1``: exponential, capped, full jitter."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import redis
 
@@ -31,3 +32,9 @@ def broken_until_fixed(ctx: StepContext, name: str) -> str:
 @task(name="tests.always_permanent")
 def always_permanent() -> None:
     raise Permanent("this can never work")
+
+
+@task(name="tests.kill_my_worker")
+def kill_my_worker() -> None:
+    """Dies the way a segfaulting extension or the OOM killer kills a worker child."""
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -226,3 +226,47 @@ def test_a_message_that_is_not_json_is_dead_lettered_and_never_runs(
     assert redis_client.llen("default") == 0
     with pytest.raises(InvalidInput, match="cannot be replayed"):
         client.replay(letter["id"])
+
+
+def test_retry_on_limits_which_errors_are_retried(client: Client) -> None:
+    def step(step_id: str, retry_on: list[str]) -> dict[str, Any]:
+        return {
+            "id": step_id,
+            "task": "treadle.fail",
+            "args": {"times": 1},
+            "retry": {"max_attempts": 3, "backoff_s": 0.05, "retry_on": retry_on},
+        }
+
+    workflow_id = client.submit(
+        {
+            "name": "retry-on",
+            "steps": [
+                step("retried", ["InjectedFailure"]),
+                step("not-retried", ["TimeoutError", "ConnectionError"]),
+            ],
+        }
+    )
+    steps = by_id(client.wait(workflow_id, timeout_s=30))
+    assert (steps["retried"]["state"], steps["retried"]["attempts"]) == ("succeeded", 2)
+    assert (steps["not-retried"]["state"], steps["not-retried"]["attempts"]) == ("dead-lettered", 1)
+
+
+def test_a_task_that_kills_its_worker_does_not_loop(client: Client) -> None:
+    workflow_id = client.submit(
+        {
+            "name": "worker-killer",
+            "steps": [
+                {
+                    "id": "killer",
+                    "task": "tests.kill_my_worker",
+                    "retry": {"max_attempts": 2, "backoff_s": 0.05},
+                },
+            ],
+        }
+    )
+    status = client.wait(workflow_id, timeout_s=60)
+    killer = by_id(status)["killer"]
+    assert killer["state"] == "dead-lettered"
+    assert killer["attempts"] == 2
+    assert "worker was lost" in killer["error"]
+    assert [e["step_id"] for e in client.dead_letters.of_workflow(workflow_id)] == ["killer"]

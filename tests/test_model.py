@@ -225,10 +225,14 @@ def test_step_json_round_trip_with_every_field() -> None:
         args={"amount": 12.5, "card": {"last4": "4242"}},
         after=("reserve", "quote"),
         compensate="shop.refund",
-        retry=RetryPolicy(max_attempts=5, backoff_s=0.5, backoff_max_s=8, jitter=False),
+        retry=RetryPolicy(
+            max_attempts=5, backoff_s=0.5, backoff_max_s=8, jitter=False, retry_on=["OSError"]
+        ),
         timeout_s=30.0,
         resources=("payments", "inventory-db"),
         priority=PriorityClass.critical,
+        when="params.express",
+        trigger="all_done",
     )
     data = original.to_json()
     assert data["priority"] == "critical"
@@ -237,8 +241,17 @@ def test_step_json_round_trip_with_every_field() -> None:
         "backoff_s": 0.5,
         "backoff_max_s": 8.0,
         "jitter": False,
+        "retry_on": ["OSError"],
     }
     assert Step.from_json(data, where="steps[1]") == original
+
+
+def test_retry_on_names_classes_by_name_or_dotted_path() -> None:
+    policy = RetryPolicy(max_attempts=3, retry_on=["OSError", "builtins.KeyError"])
+    assert policy.retries(ConnectionError("reset"))  # a subclass of OSError
+    assert policy.retries(KeyError("k"))
+    assert not policy.retries(ValueError("v"))
+    assert RetryPolicy(max_attempts=3).retries(ValueError("v"))
 
 
 def test_step_json_round_trip_with_defaults() -> None:

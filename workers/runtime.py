@@ -125,34 +125,28 @@ class StepRuntime:
         for _ in range(_CLAIM_ATTEMPTS):
             view = self.store.load_step(workflow_id, step_id)
             state = StepState(view.record["state"])
-            if state in STEP_FINAL:
-                # Already decided (a duplicate message, or stopped by cancel or policy):
-                # acknowledge without running and without continuing the chain.
-                raise Ignore()
             redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
-            if state == StepState.running and not redelivered:
-                # Another copy of this message is running it right now.
+            if state in STEP_FINAL or (state == StepState.running and not redelivered):
+                # Already decided (a duplicate, or stopped by cancel or policy), or another
+                # copy of this message is running it right now: acknowledge without
+                # running and without continuing the chain.
                 raise Ignore()
             if view.workflow_state in WORKFLOW_FINAL:
                 self._stop_unstarted(view)
                 raise Ignore()
-            refusal = None
             try:
-                reason = skip_reason(
-                    view.definition, view.dependency_states, view.params, view.results
-                )
-            except ConditionError as exc:
-                reason, refusal = None, f"condition cannot be evaluated: {exc}"
-            if reason is not None:
-                try:
-                    applied = self._skip(view, state, reason)
-                except Conflict:
-                    continue
-                raise _Skipped(view, applied)
+                refusal = self._gate(view, state)
+            except Conflict:
+                continue
             definition = self.registry.get(task.name)
             if definition is None:
                 raise RuntimeError(f"task {task.name} runs steps but is not in the registry")
             attempt_no = int(view.record.get("attempts", 0)) + 1
+            if state == StepState.running and attempt_no > self._policy_of(view).max_attempts:
+                # Its worker died during every attempt it had (a task that kills its own
+                # worker, say): dead-letter it instead of trying forever.
+                attempt_no -= 1
+                refusal = f"the worker was lost during attempt {attempt_no}; no attempts left"
             worker = task.request.hostname or ""
             input_sha = audit.sha256_of(
                 {
@@ -199,6 +193,17 @@ class StepRuntime:
             )
             return _Attempt(view, definition, call, refusal)
         raise Ignore()
+
+    def _gate(self, view: StepView, state: StepState) -> str | None:
+        """Skip the step (raising _Skipped) if its trigger rule or condition says so;
+        returns why it must fail instead of running, or None."""
+        try:
+            reason = skip_reason(view.definition, view.dependency_states, view.params, view.results)
+        except ConditionError as exc:
+            return f"condition cannot be evaluated: {exc}"
+        if reason is None:
+            return None
+        raise _Skipped(view, self._skip(view, state, reason))
 
     def _skip(self, view: StepView, state: StepState, reason: str) -> Applied:
         now = time.time()
@@ -304,7 +309,7 @@ class StepRuntime:
 
     def _fail(self, task: Task, attempt: _Attempt, exc: BaseException, elapsed: float) -> None:
         policy = self._policy(attempt)
-        permanent = isinstance(exc, Permanent)
+        permanent = isinstance(exc, Permanent) or not policy.retries(exc)
         retry = not permanent and attempt.call.attempt < policy.max_attempts
         error = _describe(exc)
         self._after(lambda h: h.after_failure(attempt.call, exc, elapsed, retry))
@@ -388,11 +393,15 @@ class StepRuntime:
                     raise
         return self._record(attempt, StepState.dead_lettered, fields, dead_letter=letter)
 
+    @classmethod
+    def _policy(cls, attempt: _Attempt) -> RetryPolicy:
+        return cls._policy_of(attempt.view)
+
     @staticmethod
-    def _policy(attempt: _Attempt) -> RetryPolicy:
+    def _policy_of(view: StepView) -> RetryPolicy:
         # Resolved at submission (the step's own policy, else its task's default), so every
         # worker applies the policy the stored definition shows.
-        own = attempt.view.definition.get("retry")
+        own = view.definition.get("retry")
         return RetryPolicy.model_validate(own) if own else RetryPolicy(max_attempts=1)
 
     def _after(self, hook_call: Any) -> None:
