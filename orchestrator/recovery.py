@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from orchestrator.delays import DelayedMessages
 from orchestrator.dispatch import dispatch_stored, mark_queued, publish_steps
+from orchestrator.finish import finish_workflow
 from orchestrator.service import Orchestrator
 from orchestrator.states import WORKFLOW_FINAL
-from workers.runtime import finish_workflow
 
 log = logging.getLogger("treadle.recovery")
 
@@ -55,7 +55,9 @@ def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> Swe
                 log.warning("workflow %s was stored but never dispatched: dispatching", wid)
                 dispatch_stored(orchestrator.app, store, wid)
                 report.dispatched.append(wid)
-            elif int(done or 0) >= int(total or 0) and finish_workflow(store, wid):
+            elif int(done or 0) >= int(total or 0) and finish_workflow(
+                orchestrator.app, store, wid
+            ):
                 log.warning("workflow %s had ended without being finished: finished", wid)
                 report.finished.append(wid)
             elif dispatched:

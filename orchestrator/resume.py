@@ -48,7 +48,7 @@ class Resumed:
 
 def steps_to_rerun(records: Mapping[str, Mapping[str, Any]], defs: Mapping[str, Any]) -> set[str]:
     """Declared steps that did not succeed, and everything downstream of them. Pure."""
-    declared = {s: d for s, d in defs.items() if "item_of" not in d}
+    declared = {s: d for s, d in defs.items() if "item_of" not in d and "compensates" not in d}
     rerun = {s for s in declared if records.get(s, {}).get("state") in _RERUN}
     changed = True
     while changed:

@@ -453,6 +453,9 @@ def _with_items(order: list[str], defs: Mapping[str, Mapping[str, Any]]) -> list
     for sid in order:
         out.append(sid)
         out.extend(item for _, item in sorted(items.get(sid, [])))
+    # Steps made at run time that are not items (compensations) come last.
+    listed = set(out)
+    out.extend(sid for sid, d in defs.items() if sid not in listed and "item_of" not in d)
     return out
 
 

@@ -150,10 +150,6 @@ def validate(
     problems.extend(_size_problems(workflow, limits))
     problems.extend(_identity_problems(workflow))
     problems.extend(_step_problems(workflow, catalog, limits, set(resources)))
-    if spec.on_failure == "compensate":
-        problems.append(
-            Problem("on_failure", "'compensate' is not supported by this version; use 'stop'")
-        )
     problems.extend(_cycle_problems(workflow))
     if problems:
         raise InvalidInput(problems, source)

@@ -237,18 +237,15 @@ def test_retry_on_limits_which_errors_are_retried(client: Client) -> None:
             "retry": {"max_attempts": 3, "backoff_s": 0.05, "retry_on": retry_on},
         }
 
-    workflow_id = client.submit(
-        {
-            "name": "retry-on",
-            "steps": [
-                step("retried", ["InjectedFailure"]),
-                step("not-retried", ["TimeoutError", "ConnectionError"]),
-            ],
-        }
+    # Two workflows: under on_failure: stop, one step failing for good would skip the other.
+    retried = client.submit({"name": "retry-on", "steps": [step("s", ["InjectedFailure"])]})
+    refused = client.submit(
+        {"name": "retry-on", "steps": [step("s", ["TimeoutError", "ConnectionError"])]}
     )
-    steps = by_id(client.wait(workflow_id, timeout_s=30))
-    assert (steps["retried"]["state"], steps["retried"]["attempts"]) == ("succeeded", 2)
-    assert (steps["not-retried"]["state"], steps["not-retried"]["attempts"]) == ("dead-lettered", 1)
+    first = by_id(client.wait(retried, timeout_s=30))["s"]
+    second = by_id(client.wait(refused, timeout_s=30))["s"]
+    assert (first["state"], first["attempts"]) == ("succeeded", 2)
+    assert (second["state"], second["attempts"]) == ("dead-lettered", 1)
 
 
 def test_a_task_that_kills_its_worker_does_not_loop(client: Client) -> None:
@@ -270,3 +267,55 @@ def test_a_task_that_kills_its_worker_does_not_loop(client: Client) -> None:
     assert killer["attempts"] == 2
     assert "worker was lost" in killer["error"]
     assert [e["step_id"] for e in client.dead_letters.of_workflow(workflow_id)] == ["killer"]
+
+
+def saga(compensation_of_b: str) -> dict[str, Any]:
+    return {
+        "name": "saga",
+        "on_failure": "compensate",
+        "steps": [
+            {
+                "id": "a",
+                "task": "treadle.echo",
+                "args": {"value": "A"},
+                "compensate": "treadle.echo",
+            },
+            {
+                "id": "b",
+                "task": "treadle.sleep",
+                "args": {"seconds": 0.1},
+                "compensate": compensation_of_b,
+                "after": ["a"],
+            },
+            {"id": "c", "task": "treadle.noop", "after": ["a"]},  # nothing to undo
+            {"id": "pay", "task": "tests.always_permanent", "after": ["b", "c"]},
+            {"id": "ship", "task": "treadle.noop", "after": ["pay"], "compensate": "treadle.echo"},
+        ],
+    }
+
+
+def test_compensate_undoes_succeeded_steps_in_reverse_order(client: Client) -> None:
+    workflow_id = client.submit(saga("treadle.echo"))
+    status = client.wait(workflow_id, timeout_s=30)
+    steps = by_id(status)
+    assert status["state"] == "compensated"
+    assert (steps["a"]["state"], steps["b"]["state"]) == ("compensated", "compensated")
+    assert steps["c"]["state"] == "succeeded"  # it has no compensation
+    assert steps["pay"]["state"] == "dead-lettered"
+    assert steps["ship"]["state"] == "skipped"  # never ran: nothing to undo
+    records = [json.loads(e) for e in client.orchestrator.store.audit_entries(workflow_id)[0]]
+    ran = [r["step_id"] for r in records if r["to"] == "running"]
+    assert ran[-2:] == ["compensate:b", "compensate:a"]  # b finished last: undone first
+    assert client.orchestrator.store.results(workflow_id)["compensate:a"] is None
+    assert client.audit(workflow_id).ok
+
+
+def test_a_failing_compensation_fails_the_workflow_and_is_named(client: Client) -> None:
+    workflow_id = client.submit(saga("tests.always_permanent"))
+    status = client.wait(workflow_id, timeout_s=30)
+    steps = by_id(status)
+    assert status["state"] == "failed"
+    assert "compensate:b" in status["error"] and "tests.always_permanent" in status["error"]
+    assert steps["compensate:b"]["state"] == "dead-lettered"
+    assert steps["compensate:a"]["state"] == "skipped"  # the saga stops where it failed
+    assert steps["a"]["state"] == "succeeded"

@@ -119,7 +119,9 @@ def test_sample_is_valid(name: str) -> None:
         assert definition is not None
         for resource in (*step.resources, *definition.resources):
             assert resource in topology.resources, f"{step.where}: resource {resource!r}"
-    assert workflow.on_failure == "stop"  # compensation is not implemented yet
+    # Orders undo what they did (a saga); the other scenarios stop on a failure.
+    expected = "compensate" if workflow.name == "order-fulfillment" else "stop"
+    assert workflow.on_failure == expected
 
 
 @pytest.mark.parametrize("name", FILES)

@@ -299,10 +299,12 @@ def test_bad_retry_policy() -> None:
     assert "backoff_max_s must not be smaller than backoff_s" in problem.what
 
 
-def test_compensate_is_refused_for_now() -> None:
-    problem = only(steps_spec(step("a"), on_failure="compensate"))
+def test_on_failure_takes_stop_or_compensate() -> None:
+    assert validate(steps_spec(step("a"), on_failure="compensate"), REGISTRY).on_failure == (
+        "compensate"
+    )
+    problem = only(steps_spec(step("a"), on_failure="undo"))
     assert problem.where == "on_failure"
-    assert "'compensate' is not supported" in problem.what
 
 
 def test_spec_that_is_not_a_mapping() -> None:
@@ -361,14 +363,14 @@ def test_several_problems_are_reported_together() -> None:
         step("a"),
         step("d", "treadle.nope"),
         step("e", "treadle.sleep", args={"seconds": "abc"}, after=["ghost"]),
-        on_failure="compensate",
+        step("f", compensate="shop.nothing_like_this"),
     )
     found = messages(raw)
     assert "steps[3].id: duplicate step id 'a' (first at steps[0])" in found
     assert "steps[5].after: unknown step 'ghost'" in found
     assert any(m.startswith("steps[4].task: unknown task 'treadle.nope'") for m in found)
     assert any(m.startswith("steps[5].args.seconds: ") for m in found)
-    assert any(m.startswith("on_failure: ") for m in found)
+    assert "steps[6].compensate: unknown task 'shop.nothing_like_this'" in found
     assert "cycle: a -> b -> c -> a" in found
     assert len(found) == 6
 

@@ -27,6 +27,7 @@ from orchestrator import audit
 from orchestrator.conditions import ConditionError
 from orchestrator.dispatch import publish_steps
 from orchestrator.errors import Permanent, StepError
+from orchestrator.finish import finish_workflow
 from orchestrator.model import RetryPolicy
 from orchestrator.states import STEP_FINAL, STEP_NOT_STARTED, WORKFLOW_FINAL, StepState
 from orchestrator.store import Applied, Change, Conflict, Delayed, StateStore, StepView
@@ -91,12 +92,25 @@ class StepRuntime:
             self._fail(task, attempt, exc, time.monotonic() - started)
             raise  # _fail raises Retry or StepFailed; this keeps type checkers honest
         elapsed = time.monotonic() - started
+        compensated = attempt.view.definition.get("compensates")
+        now = time.time()
         applied = self._record(
             attempt,
             StepState.succeeded,
-            {"finished_at": time.time(), "output_sha256": _sha256_text(result_json), "error": None},
+            {"finished_at": now, "output_sha256": _sha256_text(result_json), "error": None},
             result_json=result_json,
             release=attempt.view.definition.get("release") or (),
+            extra=[
+                Change(
+                    compensated,
+                    StepState.succeeded.value,
+                    StepState.compensated.value,
+                    {"compensated_at": now},
+                    {"at": now, "by": attempt.call.step_id},
+                )
+            ]
+            if compensated
+            else (),
         )
         self._after(lambda h: h.after_success(attempt.call, result_json, elapsed))
         self._continue(task, attempt.view, applied)
@@ -117,7 +131,7 @@ class StepRuntime:
         if applied.ready:
             publish_steps(task.app, self.store, view.workflow_id, applied.ready, view.priority)
         if applied.complete:
-            finish_workflow(self.store, view.workflow_id)
+            finish_workflow(task.app, self.store, view.workflow_id)
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -332,7 +346,7 @@ class StepRuntime:
             raise Ignore()  # this delivery is done; the retry is the delayed message
         applied = self._fail_for_good(attempt, error, exc)
         if applied.complete:
-            finish_workflow(self.store, attempt.call.workflow_id)
+            finish_workflow(task.app, self.store, attempt.call.workflow_id)
         raise StepFailed(
             f"workflow {attempt.call.workflow_id} step {attempt.call.step_id} "
             f"({attempt.call.task}) failed after {attempt.call.attempt} attempt(s): {error}"
@@ -393,16 +407,20 @@ class StepRuntime:
                     raise
         return self._record(attempt, StepState.dead_lettered, fields, dead_letter=letter)
 
-    @classmethod
-    def _policy(cls, attempt: _Attempt) -> RetryPolicy:
-        return cls._policy_of(attempt.view)
+    def _policy(self, attempt: _Attempt) -> RetryPolicy:
+        return self._policy_of(attempt.view)
 
-    @staticmethod
-    def _policy_of(view: StepView) -> RetryPolicy:
+    def _policy_of(self, view: StepView) -> RetryPolicy:
         # Resolved at submission (the step's own policy, else its task's default), so every
-        # worker applies the policy the stored definition shows.
+        # worker applies the policy the stored definition shows. A compensation, created
+        # at run time, is retried under its own task's policy.
         own = view.definition.get("retry")
-        return RetryPolicy.model_validate(own) if own else RetryPolicy(max_attempts=1)
+        if own:
+            return RetryPolicy.model_validate(own)
+        task = (
+            self.registry.get(view.definition["task"]) if "compensates" in view.definition else None
+        )
+        return (task.retry if task else None) or RetryPolicy(max_attempts=1)
 
     def _after(self, hook_call: Any) -> None:
         for hook in reversed(self.hooks):
@@ -410,36 +428,6 @@ class StepRuntime:
                 hook_call(hook)
             except Exception:  # a broken hook must not fail a step that already ran
                 log.exception("step hook %s failed", type(hook).__name__)
-
-
-def finish_workflow(store: StateStore, workflow_id: str) -> str | None:
-    """Move a workflow whose steps have all ended to its final state; idempotent.
-
-    Returns the final state, or None if the workflow is not complete or already final.
-    """
-    wf = store.workflow_fields(workflow_id)
-    if wf["state"] in WORKFLOW_FINAL or int(wf["steps_done"]) < int(wf["steps_total"]):
-        return None
-    new = "failed" if int(wf.get("steps_failed", 0)) else "succeeded"
-    now = time.time()
-    try:
-        store.apply(
-            workflow_id,
-            [
-                Change(
-                    None,
-                    wf["state"],
-                    new,
-                    {"finished_at": repr(now)},
-                    {"at": now, "steps_failed": int(wf.get("steps_failed", 0))},
-                )
-            ],
-            tail=wf.get("audit_tail"),
-        )
-    except Conflict:
-        return None
-    store.expire(workflow_id)
-    return new
 
 
 def _describe(exc: BaseException) -> str:
