@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 
 from orchestrator.errors import Permanent
 from workers import StepContext, task
@@ -38,3 +40,14 @@ def always_permanent() -> None:
 def kill_my_worker() -> None:
     """Dies the way a segfaulting extension or the OOM killer kills a worker child."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(name="tests.ignore_soft_limit")
+def ignore_soft_limit(seconds: float) -> None:
+    """A step that will not stop when asked: only the hard time limit ends it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            continue

@@ -319,3 +319,31 @@ def test_a_failing_compensation_fails_the_workflow_and_is_named(client: Client) 
     assert steps["compensate:b"]["state"] == "dead-lettered"
     assert steps["compensate:a"]["state"] == "skipped"  # the saga stops where it failed
     assert steps["a"]["state"] == "succeeded"
+
+
+def test_a_step_killed_at_its_hard_time_limit_counts_as_a_failed_attempt(
+    client: Client,
+) -> None:
+    workflow_id = client.submit(
+        {
+            "name": "stubborn",
+            "steps": [
+                {
+                    "id": "stubborn",
+                    "task": "tests.ignore_soft_limit",
+                    "args": {"seconds": 60},
+                    "timeout_s": 0.2,
+                    "retry": {"max_attempts": 2, "backoff_s": 0.05},
+                },
+                {"id": "next", "task": "treadle.noop", "after": ["stubborn"]},
+            ],
+        }
+    )
+    status = client.wait(workflow_id, timeout_s=60)  # hard limit: 0.2 s + 5 s grace
+    steps = by_id(status)
+    assert status["state"] == "failed"  # the workflow went on to its end
+    assert steps["stubborn"]["state"] == "dead-lettered"
+    assert steps["stubborn"]["attempts"] == 2
+    assert "hard time limit" in steps["stubborn"]["error"]
+    assert steps["next"]["state"] == "skipped"
+    assert client.audit(workflow_id).ok

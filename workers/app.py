@@ -26,6 +26,7 @@ from workers.hooks import LogHook
 from workers.poison import describe
 from workers.registry import Registry, load_task_modules
 from workers.runtime import StepRuntime
+from workers.timeouts import step_request_class
 
 log = logging.getLogger("treadle.worker")
 
@@ -56,8 +57,9 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
     registry = load_task_modules(settings.task_module_list())
     holder = _PerProcess(redis_url, settings, registry)
 
+    request_class = step_request_class(lambda: holder.runtime)
     for definition in registry:
-        _register(app, definition.name, holder)
+        _register(app, definition.name, holder, request_class)
 
     @app.task(name=JOIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
     def join(self: Task, workflow_id: str, parent: str, count: int) -> dict[str, Any]:
@@ -97,7 +99,7 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
     return app
 
 
-def _register(app: Celery, name: str, holder: _PerProcess) -> None:
+def _register(app: Celery, name: str, holder: _PerProcess, request_class: type) -> None:
     def run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # Checked here, not by Celery's call: a message of the wrong shape is a dead
         # letter, not a task error that would be logged and forgotten.
@@ -126,4 +128,11 @@ def _register(app: Celery, name: str, holder: _PerProcess) -> None:
             raise Ignore() from exc
 
     run.__name__ = run.__qualname__ = name.replace(".", "_")
-    app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, typing=False)(run)
+    app.task(
+        name=name,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        typing=False,
+        Request=request_class,
+    )(run)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 
 from config.queues import queue_for
@@ -321,7 +321,41 @@ class StepRuntime:
         )
         return self.store.apply(call.workflow_id, [change, *extra], tail=None)
 
-    def _fail(self, task: Task, attempt: _Attempt, exc: BaseException, elapsed: float) -> None:
+    def fail_killed(
+        self, task: Task, request: Any, workflow_id: str, step_id: str, error: str
+    ) -> None:
+        """An attempt whose process was killed (hard time limit): record it as failed and
+        retry or dead-letter the step. Runs in the worker's main process."""
+        view = self.store.load_step(workflow_id, step_id)
+        definition = self.registry.get(task.name)
+        if view.record.get("state") != StepState.running.value or definition is None:
+            return
+        call = StepCall(
+            workflow_id=workflow_id,
+            step_id=step_id,
+            task=task.name,
+            attempt=int(view.record.get("attempts", 1)),
+            pool=view.definition.get("priority") or view.priority,
+            worker=view.record.get("worker") or "",
+        )
+        started = float(view.record.get("started_at") or time.time())
+        with contextlib.suppress(Ignore, StepFailed):
+            self._fail(
+                task,
+                _Attempt(view, definition, call),
+                TimeLimitExceeded(error),
+                time.time() - started,
+                request=request,
+            )
+
+    def _fail(
+        self,
+        task: Task,
+        attempt: _Attempt,
+        exc: BaseException,
+        elapsed: float,
+        request: Any = None,
+    ) -> None:
         policy = self._policy(attempt)
         permanent = isinstance(exc, Permanent) or not policy.retries(exc)
         retry = not permanent and attempt.call.attempt < policy.max_attempts
@@ -332,7 +366,7 @@ class StepRuntime:
             due = time.time() + delay
             # The same message again (same task id, same place in its chain or chord),
             # kept in Redis until due rather than as an ETA message a worker holds.
-            again = task.signature_from_request(queue=queue_for(attempt.call.pool))
+            again = task.signature_from_request(request, queue=queue_for(attempt.call.pool))
             self._record(
                 attempt,
                 StepState.retrying,
@@ -433,6 +467,8 @@ class StepRuntime:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SoftTimeLimitExceeded):
         return "timed out (soft time limit)"
+    if isinstance(exc, TimeLimitExceeded):
+        return str(exc.args[0]) if exc.args else "timed out (hard time limit)"
     return f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
 
 
