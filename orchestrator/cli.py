@@ -234,10 +234,11 @@ def audit_(workflow_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("workflow_id")
-def cancel(workflow_id: str) -> None:
-    """Stop a workflow: steps not started never start; running steps finish."""
+@click.option("--terminate", is_flag=True, help="Also stop the steps that are running.")
+def cancel(workflow_id: str, terminate: bool) -> None:
+    """Stop a workflow: steps not started never start; running steps finish (or stop)."""
     with _client() as client:
-        state = client.cancel(workflow_id)
+        state = client.cancel(workflow_id, terminate)
     out.print(f"{workflow_id}: {state}")
 
 

@@ -97,8 +97,10 @@ class Client:
     def list(self, state: str | None = None, limit: int = 1000) -> builtins.list[dict[str, Any]]:
         return self.orchestrator.store.summaries(state, limit)
 
-    def cancel(self, workflow_id: str) -> str:
-        return self.orchestrator.cancel(workflow_id)
+    def cancel(self, workflow_id: str, terminate: bool = False) -> str:
+        """Steps not started never start; running ones finish (or, with ``terminate``,
+        are stopped)."""
+        return self.orchestrator.cancel(workflow_id, terminate)
 
     def resume(self, workflow_id: str) -> builtins.list[str]:
         """Re-run what did not succeed; returns the steps that run again."""

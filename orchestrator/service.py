@@ -181,8 +181,9 @@ class Orchestrator:
 
     # -- control ---------------------------------------------------------------------
 
-    def cancel(self, workflow_id: str) -> str:
-        """Cancel a workflow: steps not started never start; running steps finish.
+    def cancel(self, workflow_id: str, terminate: bool = False) -> str:
+        """Cancel a workflow: steps not started never start; running steps finish, or with
+        ``terminate`` are killed (Celery's revoke with terminate) and recorded cancelled.
 
         Returns the workflow's state afterwards (unchanged if it had already ended).
         """
@@ -200,8 +201,12 @@ class Orchestrator:
                     {"at": now, "reason": "cancel requested"},
                 )
             ]
+            stopping = set(STEP_NOT_STARTED) | ({StepState.running} if terminate else set())
+            running = []
             for step_id, record in self.store.step_records(workflow_id).items():
-                if record["state"] in STEP_NOT_STARTED:
+                if record["state"] == StepState.running and terminate and record.get("task_id"):
+                    running.append(record["task_id"])
+                if record["state"] in stopping:
                     changes.append(
                         Change(
                             step_id,
@@ -215,6 +220,10 @@ class Orchestrator:
                 self.store.apply(workflow_id, changes, tail=fields.get("audit_tail"))
             except Conflict:
                 continue
+            if running:
+                # Recorded first: a step that still ends now finds itself cancelled and its
+                # result is dropped; then its process is stopped.
+                self.app.control.revoke(running, terminate=True, signal="SIGTERM")
             self.store.expire(workflow_id)
             return WorkflowState.cancelled.value
         raise Unreachable(f"workflow {workflow_id}: too busy to cancel, try again")

@@ -347,3 +347,37 @@ def test_a_step_killed_at_its_hard_time_limit_counts_as_a_failed_attempt(
     assert "hard time limit" in steps["stubborn"]["error"]
     assert steps["next"]["state"] == "skipped"
     assert client.audit(workflow_id).ok
+
+
+def test_cancel_terminate_stops_a_running_step(stack: Stack, client: Client) -> None:
+    workflow_id = client.submit(
+        {
+            "name": "long-running",
+            "steps": [
+                {"id": "long", "task": "treadle.sleep", "args": {"seconds": 30}},
+                {"id": "after", "task": "treadle.noop", "after": ["long"]},
+            ],
+        }
+    )
+    wait_until(
+        lambda: by_id(client.status(workflow_id))["long"]["state"] == "running",
+        20,
+        "the long step to start",
+    )
+    started = time.monotonic()
+    cancelled = run_cli(stack, "cancel", workflow_id, "--terminate")
+    assert cancelled.returncode == 0, cancelled.stderr
+    steps = by_id(client.status(workflow_id))
+    assert (steps["long"]["state"], steps["after"]["state"]) == ("cancelled", "cancelled")
+    record = client.orchestrator.store.step_records(workflow_id)["long"]
+    task_id, worker = record["task_id"], record["worker"]
+
+    def stopped() -> bool:
+        # Its worker answers, and is no longer running it.
+        active = client.orchestrator.app.control.inspect([worker], timeout=1.0).active() or {}
+        return worker in active and task_id not in {t["id"] for t in active[worker]}
+
+    wait_until(stopped, 20, "the worker to stop the running step", poll_s=0.2)
+    assert time.monotonic() - started < 20  # long before its 30 s sleep would have ended
+    records = [json.loads(e) for e in client.orchestrator.store.audit_entries(workflow_id)[0]]
+    assert not [r for r in records if r["to"] == "succeeded"]

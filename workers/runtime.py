@@ -94,7 +94,19 @@ class StepRuntime:
         elapsed = time.monotonic() - started
         compensated = attempt.view.definition.get("compensates")
         now = time.time()
-        applied = self._record(
+        try:
+            applied = self._succeed(attempt, result_json, now, compensated)
+        except Conflict:
+            # Cancelled (with --terminate) while it ran: the result is not recorded.
+            raise Ignore() from None
+        self._after(lambda h: h.after_success(attempt.call, result_json, elapsed))
+        self._continue(task, attempt.view, applied)
+        return {"workflow_id": workflow_id, "step_id": step_id, "state": "succeeded"}
+
+    def _succeed(
+        self, attempt: _Attempt, result_json: str, now: float, compensated: str | None
+    ) -> Applied:
+        return self._record(
             attempt,
             StepState.succeeded,
             {"finished_at": now, "output_sha256": _sha256_text(result_json), "error": None},
@@ -112,9 +124,6 @@ class StepRuntime:
             if compensated
             else (),
         )
-        self._after(lambda h: h.after_success(attempt.call, result_json, elapsed))
-        self._continue(task, attempt.view, applied)
-        return {"workflow_id": workflow_id, "step_id": step_id, "state": "succeeded"}
 
     def join(self, task: Task, workflow_id: str, parent: str, count: int) -> dict[str, Any]:
         """The end of a fan-out: the items have all succeeded."""
