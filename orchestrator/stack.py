@@ -136,9 +136,14 @@ class Stack:
         return self._spawn(spec.node_name(host_name()).split("@")[0], argv)
 
     def stop(self) -> None:
-        """TERM every child (workers finish or requeue their steps), then KILL laggards."""
+        """TERM every child (workers finish or requeue their steps), then KILL laggards.
+
+        TERM goes to each main process only, as `docker stop` does: sent to the whole
+        process group it would also kill a worker's pool children mid-step.
+        """
         for child in self.children:
-            child.signal(signal.SIGTERM)
+            if child.alive():
+                child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + _STOP_TIMEOUT_S
         for child in self.children:
             remaining = max(deadline - time.monotonic(), 0.1)
@@ -182,6 +187,16 @@ class Stack:
         child = ChildProcess(name, full, process, log_path, log_file)
         self.children.append(child)
         return child
+
+    def restart(self, name: str) -> ChildProcess:
+        """Start the named child again with the same command (after it died or was killed)."""
+        old = self.child(name)
+        if old.alive():
+            old.signal(signal.SIGKILL)
+        old.process.wait()
+        old.log_file.close()
+        self.children.remove(old)
+        return self._spawn(name, old.argv[3:])
 
     def child(self, name: str) -> ChildProcess:
         for child in self.children:
