@@ -66,7 +66,7 @@ def dispatch(
 ) -> None:
     """Publish a workflow. Safe to repeat: a step already claimed or finished ignores a
     second message for it."""
-    sources = [s for s in sorted(compiled.counters) if not defs[s]["after"]]
+    sources = [s for s in sorted(compiled.counters) if not defs[s].get("waits_for")]
     first = (first_steps(compiled.canvas) if compiled.canvas is not None else []) + sources
     mark_queued(store, workflow_id, first)
     if compiled.canvas is not None:

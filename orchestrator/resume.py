@@ -9,6 +9,7 @@ for its items that did not succeed.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from orchestrator.dispatch import dispatch
 from orchestrator.errors import InvalidInput
 from orchestrator.model import Step, Workflow
 from orchestrator.states import StepState, WorkflowState
-from orchestrator.store import Change, Conflict, StateStore, step_definitions
+from orchestrator.store import Change, Conflict, StateStore, step_definitions, waiting_counts
 
 _RERUN = frozenset(
     {"failed", "dead-lettered", "skipped", "cancelled", "pending", "queued", "retrying"}
@@ -71,7 +72,7 @@ def resume(app: Celery, store: StateStore, workflow_id: str) -> Resumed:
         rerun = steps_to_rerun(records, defs)
         if not rerun:
             return Resumed(workflow_id, [])
-        order = [s for s in defs if s in rerun]
+        order = [s for s in json.loads(fields["order"]) if s in rerun]
         residual = Workflow(
             name=fields["name"],
             steps=tuple(
@@ -100,10 +101,7 @@ def resume(app: Celery, store: StateStore, workflow_id: str) -> Resumed:
             state = records.get(item, {}).get("state")
             if parent in rerun and state != StepState.succeeded.value:
                 changes.append(_reset(item, state or "", now, None))
-        store.set_waiting(
-            workflow_id,
-            {s: len(new_defs[s]["after"]) for s in compiled.counters if new_defs[s]["after"]},
-        )
+        store.set_waiting(workflow_id, waiting_counts(new_defs, compiled))
         try:
             store.apply(workflow_id, changes, tail=fields.get("audit_tail"))
         except Conflict:

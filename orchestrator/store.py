@@ -105,7 +105,15 @@ def step_definitions(workflow: Workflow, compiled: Compiled) -> dict[str, dict[s
                 defs[dep].setdefault("release", []).append(step.id)
     for sid in compiled.counters:
         defs[sid]["counter"] = True
+        # The dependencies whose end it counts down; all of `after` on a first run, only
+        # those that run again when a workflow resumes.
+        defs[sid]["waits_for"] = list(defs[sid]["after"])
     return defs
+
+
+def waiting_counts(defs: Mapping[str, Mapping[str, Any]], compiled: Compiled) -> dict[str, int]:
+    """How many dependency ends each counter step waits for before it is published."""
+    return {s: len(defs[s]["waits_for"]) for s in compiled.counters if defs[s].get("waits_for")}
 
 
 class StateStore:
@@ -141,7 +149,7 @@ class StateStore:
             "canvas": json.dumps(to_json(compiled.canvas) if compiled.canvas is not None else None),
         }
         defs = step_definitions(workflow, compiled)
-        waiting = {sid: len(defs[sid]["after"]) for sid in compiled.counters if defs[sid]["after"]}
+        waiting = waiting_counts(defs, compiled)
         records = {s.id: {"state": StepState.pending.value, "attempts": 0} for s in workflow.steps}
         first, tail = audit.seal(
             {

@@ -381,3 +381,28 @@ def test_cancel_terminate_stops_a_running_step(stack: Stack, client: Client) -> 
     assert time.monotonic() - started < 20  # long before its 30 s sleep would have ended
     records = [json.loads(e) for e in client.orchestrator.store.audit_entries(workflow_id)[0]]
     assert not [r for r in records if r["to"] == "succeeded"]
+
+
+def test_resume_of_a_graph_on_counters_waits_only_for_what_runs_again(
+    stack: Stack, client: Client
+) -> None:
+    # N shape (runs on counters): c waits for a and b; after the resume only b runs
+    # again, so c must wait for b alone — a succeeded before and will not end again.
+    name = f"resume-n-{time.time_ns()}"
+    workflow_id = client.submit(
+        {
+            "name": "resume-n",
+            "steps": [
+                {"id": "a", "task": "treadle.noop"},
+                {"id": "b", "task": "tests.broken_until_fixed", "args": {"name": name}},
+                {"id": "c", "task": "treadle.noop", "after": ["a", "b"]},
+                {"id": "d", "task": "treadle.noop", "after": ["b"]},
+            ],
+        }
+    )
+    assert client.wait(workflow_id, timeout_s=30)["state"] == "failed"
+    fix(name, stack.redis_url)
+    assert client.resume(workflow_id) == ["b", "c", "d"]
+    status = client.wait(workflow_id, timeout_s=30)
+    assert status["state"] == "succeeded"
+    assert client.audit(workflow_id).ok
