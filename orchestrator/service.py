@@ -68,9 +68,6 @@ class SpecChecker:
             max_params_bytes=settings.max_params_bytes,
             max_args_bytes=settings.max_args_bytes,
             max_step_timeout_s=settings.max_step_timeout_s,
-            # Retry delays are held by a worker as ETA messages, which Redis hands out
-            # again after the visibility timeout: keep every delay well inside it.
-            max_backoff_s=settings.visibility_timeout_s / 2,
         )
 
     def check(self, raw: Any, source: str | None = None) -> Workflow:
@@ -112,14 +109,6 @@ class SpecChecker:
                     )
                 )
             retry = step.retry or definition.retry
-            if retry is not None and retry.backoff_max_s > self.limits.max_backoff_s:
-                problems.append(
-                    Problem(
-                        f"{step.where}.task",
-                        f"{step.task} defaults to retry.backoff_max_s {retry.backoff_max_s}, "
-                        f"longer than the longest allowed ({self.limits.max_backoff_s} s)",
-                    )
-                )
             steps.append(
                 dataclasses.replace(
                     step,

@@ -43,7 +43,6 @@ class Limits:
     max_params_bytes: int = 256 * 1024
     max_args_bytes: int = 64 * 1024
     max_step_timeout_s: float = 3600.0
-    max_backoff_s: float = 3600.0
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -250,13 +249,6 @@ def _step_problems(
                 f"{step.where}.timeout_s",
                 f"{step.timeout_s} s is longer than the longest allowed "
                 f"({limits.max_step_timeout_s} s, TREADLE_MAX_STEP_TIMEOUT_S)",
-            )
-        if step.retry is not None and step.retry.backoff_max_s > limits.max_backoff_s:
-            yield Problem(
-                f"{step.where}.retry.backoff_max_s",
-                f"{step.retry.backoff_max_s} s is longer than the longest retry delay allowed "
-                f"({limits.max_backoff_s} s: a delayed message must not outlive the broker's "
-                "visibility timeout)",
             )
         for i, name in enumerate(step.resources):
             if name not in resources:
