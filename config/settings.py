@@ -54,6 +54,15 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="A stored workflow not dispatched by then is stranded."
     )
 
+    worker_lost_after_s: float = Field(
+        default=30.0, gt=0, description="A worker without a heartbeat this long is dead."
+    )
+    stranded_message_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Unacked this long, a message of a dead worker goes back on its queue.",
+    )
+
     worker_max_tasks_per_child: int = Field(default=10_000, ge=0)
     flower_port: int = Field(default=5555, ge=0, le=65535)
     flower_basic_auth: SecretStr | None = Field(

@@ -16,7 +16,7 @@ from config.settings import Settings
 from orchestrator.errors import InvalidInput
 from orchestrator.recovery import sweep
 from orchestrator.service import Orchestrator, with_overrides
-from workers.delayed_publisher import install_delayed_publisher
+from workers.upkeep import install_upkeep
 
 log = logging.getLogger("treadle.orchestrator")
 
@@ -64,5 +64,5 @@ def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
                 log.exception("recovery sweep failed")
 
     app.steps["worker"].add(Sweeper)
-    install_delayed_publisher(app, settings, redis_url)
+    install_upkeep(app, settings, redis_url)
     return app

@@ -5,7 +5,8 @@
 - every step ended but the workflow is not final (a worker died between recording its
   step and finishing the workflow): finish them;
 - a counter step whose dependencies all ended but which was never published (a worker
-  died between recording the last dependency's end and publishing): publish it.
+  died between recording the last dependency's end and publishing): publish it;
+- a message a dead worker had taken (see ``orchestrator.stranded``): put it back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from orchestrator.dispatch import dispatch_stored, mark_queued, publish_steps
 from orchestrator.finish import finish_workflow
 from orchestrator.service import Orchestrator
 from orchestrator.states import WORKFLOW_FINAL
+from orchestrator.stranded import restore_stranded
 
 log = logging.getLogger("treadle.recovery")
 
@@ -30,12 +32,14 @@ class SweepReport:
     dispatched: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)  # "workflow/step"
+    restored: list[str] = field(default_factory=list)  # task ids a dead worker had taken
 
 
 def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> SweepReport:
     store = orchestrator.store
     report = SweepReport()
     now = time.time()
+    report.restored = restore_stranded(store, orchestrator.settings.stranded_message_after_s, now)
     # A retry taken for publishing by a process that died before confirming it.
     DelayedMessages(store).requeue_stale(older_than_s=undispatched_after_s, now=now)
     ids = list(store.ids())

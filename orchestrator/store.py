@@ -305,6 +305,12 @@ class StateStore:
         raw = self._guard(lambda: self.redis.hgetall(self.keys.steps(workflow_id)))
         return {_text(k): json.loads(v) for k, v in raw.items()}
 
+    def step_records_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not step_ids:
+            return {}
+        raw = self._guard(lambda: self.redis.hmget(self.keys.steps(workflow_id), step_ids))
+        return {sid: json.loads(v) for sid, v in zip(step_ids, raw, strict=True) if v is not None}
+
     def step_defs(self, workflow_id: str) -> dict[str, dict[str, Any]]:
         raw = self._guard(lambda: self.redis.hgetall(self.keys.defs(workflow_id)))
         return {_text(k): json.loads(v) for k, v in raw.items()}

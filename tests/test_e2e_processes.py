@@ -4,6 +4,7 @@ orchestrator loses nothing. Each test runs its own small stack."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,14 +21,22 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def own_stack(tmp_path: Path) -> Iterator[tuple[Stack, Client]]:
+    quick = {
+        "sweep_interval_s": 0.5,
+        "recovery_after_s": 2.0,
+        "worker_lost_after_s": 2.0,
+        "stranded_message_after_s": 2.0,
+    }
     settings = Settings(
         home=tmp_path / "home",
         task_modules=TEST_MODULES,
-        sweep_interval_s=0.5,
-        recovery_after_s=2.0,
+        sweep_interval_s=quick["sweep_interval_s"],
+        recovery_after_s=quick["recovery_after_s"],
+        worker_lost_after_s=quick["worker_lost_after_s"],
+        stranded_message_after_s=quick["stranded_message_after_s"],
     )
     workers = [WorkerSpec(PriorityClass.default, 1, 1)]
-    env = {"TREADLE_SWEEP_INTERVAL_S": "0.5", "TREADLE_RECOVERY_AFTER_S": "2.0"}
+    env = {f"TREADLE_{name.upper()}": str(value) for name, value in quick.items()}
     with (
         Stack(settings, workers=workers, extra_env=env) as stack,
         Client.connect(settings, stack.redis_url) as client,
@@ -86,3 +95,33 @@ def test_a_killed_orchestrator_loses_nothing(own_stack: tuple[Stack, Client]) ->
     for workflow_id in ids:
         assert client.wait(workflow_id, timeout_s=60)["state"] == "succeeded"
         assert client.audit(workflow_id).ok
+
+
+def test_a_sigkilled_worker_s_steps_are_recovered_long_before_the_visibility_timeout(
+    own_stack: tuple[Stack, Client],
+) -> None:
+    stack, client = own_stack
+    workflow_id = client.submit(
+        {
+            "name": "dead-worker",
+            "steps": [
+                {
+                    "id": "slow",
+                    "task": "treadle.sleep",
+                    "args": {"seconds": 2},
+                    "retry": {"max_attempts": 2},
+                },
+                {"id": "next", "task": "treadle.noop", "after": ["slow"]},
+            ],
+        }
+    )
+    wait_until(lambda: state_of(client, workflow_id, "slow") == "running", 20, "slow to start")
+    started = time.monotonic()
+    stack.child("default-1").signal(signal.SIGKILL)  # the whole worker: main and pool
+    stack.start_worker(WorkerSpec(PriorityClass.default, 2, 1))
+    status = client.wait(workflow_id, timeout_s=60)
+    assert status["state"] == "succeeded"
+    slow = next(s for s in status["steps"] if s["id"] == "slow")
+    assert slow["attempts"] == 2 and slow["worker"].startswith("default-2@")
+    assert time.monotonic() - started < 30  # the visibility timeout is two hours
+    assert client.audit(workflow_id).ok

@@ -20,13 +20,13 @@ from orchestrator.keys import Keys
 from orchestrator.states import StepState
 from orchestrator.store import Change, Conflict, StateStore
 from workers import poison
-from workers.delayed_publisher import install_delayed_publisher
 from workers.fan_out import JOIN_TASK
 from workers.hooks import LogHook
 from workers.poison import describe
 from workers.registry import Registry, load_task_modules
 from workers.runtime import StepRuntime
 from workers.timeouts import step_request_class
+from workers.upkeep import install_upkeep
 
 log = logging.getLogger("treadle.worker")
 
@@ -94,7 +94,7 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
             log.exception("could not record workflow %s step %s as queued", workflow_id, step_id)
 
     before_task_publish.connect(mark_queued, weak=False)
-    install_delayed_publisher(app, settings, redis_url)
+    install_upkeep(app, settings, redis_url)
     poison.install(app, lambda: DeadLetters(holder.runtime.store))
     return app
 
