@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean install bench-makespan
+.PHONY: demo test lint typecheck check clean install bench-makespan chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache orchestrator workers config tests ops
 	$(BIN)/ruff format --no-cache --check orchestrator workers config tests ops
+
+chaos: $(STAMP)
+	$(BIN)/python ops/chaos/run.py
 
 bench-makespan: $(STAMP)
 	$(BIN)/python ops/bench/makespan.py
