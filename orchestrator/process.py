@@ -64,5 +64,5 @@ def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
                 log.exception("recovery sweep failed")
 
     app.steps["worker"].add(Sweeper)
-    install_upkeep(app, settings, redis_url)
+    install_upkeep(app, settings, redis_url, incarnation="orchestrator")
     return app

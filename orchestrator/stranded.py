@@ -27,8 +27,9 @@ UNACKED = "unacked"  # kombu's Redis transport defaults
 UNACKED_INDEX = "unacked_index"
 
 
-def heartbeat_key(keys: Keys, node: str) -> str:
-    return f"{keys.prefix}:alive:{node}"
+def heartbeat_key(keys: Keys, incarnation: str) -> str:
+    """Alive while the worker process ``incarnation`` (one life of a worker) runs."""
+    return f"{keys.prefix}:alive:{incarnation}"
 
 
 def restore_stranded(
@@ -81,5 +82,5 @@ def _abandoned(store: StateStore, workflow_id: str, step_id: str) -> bool:
         return False
     if record.get("state") != "running":
         return True  # prefetched, never started: a second copy is claimed at most once
-    worker = record.get("worker") or ""
-    return not store.redis.exists(heartbeat_key(store.keys, worker))
+    incarnation = record.get("incarnation") or ""
+    return not store.redis.exists(heartbeat_key(store.keys, incarnation))

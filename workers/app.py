@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -35,8 +36,9 @@ class _PerProcess:
     """One store (and so one Redis connection pool) per process: prefork children must
     not share the parent's sockets."""
 
-    def __init__(self, url: str, settings: Settings, registry: Registry):
+    def __init__(self, url: str, settings: Settings, registry: Registry, incarnation: str):
         self.url, self.settings, self.registry = url, settings, registry
+        self.incarnation = incarnation
         self._pid = -1
         self._runtime: StepRuntime | None = None
 
@@ -47,7 +49,9 @@ class _PerProcess:
             store = StateStore(
                 client, Keys(self.settings.key_prefix), state_ttl_s=self.settings.state_ttl_s
             )
-            self._runtime = StepRuntime(store, self.registry, hooks=[LogHook()])
+            self._runtime = StepRuntime(
+                store, self.registry, hooks=[LogHook()], incarnation=self.incarnation
+            )
             self._pid = os.getpid()
         return self._runtime
 
@@ -55,7 +59,10 @@ class _PerProcess:
 def make_worker_app(settings: Settings, redis_url: str) -> Celery:
     app = make_app(settings, redis_url)
     registry = load_task_modules(settings.task_module_list())
-    holder = _PerProcess(redis_url, settings, registry)
+    # This worker process's life: a restarted worker reuses its node name, so liveness
+    # is told by this token (inherited by the pool's forked children), not by the name.
+    incarnation = uuid.uuid4().hex[:12]
+    holder = _PerProcess(redis_url, settings, registry, incarnation)
 
     request_class = step_request_class(lambda: holder.runtime)
     for definition in registry:
@@ -94,7 +101,7 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
             log.exception("could not record workflow %s step %s as queued", workflow_id, step_id)
 
     before_task_publish.connect(mark_queued, weak=False)
-    install_upkeep(app, settings, redis_url)
+    install_upkeep(app, settings, redis_url, incarnation)
     poison.install(app, lambda: DeadLetters(holder.runtime.store))
     return app
 

@@ -63,10 +63,17 @@ class _Skipped(Exception):
 
 
 class StepRuntime:
-    def __init__(self, store: StateStore, registry: Registry, hooks: Sequence[StepHook] = ()):
+    def __init__(
+        self,
+        store: StateStore,
+        registry: Registry,
+        hooks: Sequence[StepHook] = (),
+        incarnation: str = "",
+    ):
         self.store = store
         self.registry = registry
         self.hooks = list(hooks)
+        self.incarnation = incarnation  # whose heartbeat says this worker still lives
 
     def execute(self, task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
         """Run one step for the Celery task ``task``; what Celery stores as its result."""
@@ -183,6 +190,7 @@ class StepRuntime:
                 "attempts": attempt_no,
                 "started_at": now,
                 "worker": worker,
+                "incarnation": self.incarnation,
                 "task_id": task.request.id,
                 "input_sha256": input_sha,
                 "finished_at": None,

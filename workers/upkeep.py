@@ -25,7 +25,7 @@ log = logging.getLogger("treadle.upkeep")
 POLL_INTERVAL_S = 0.1
 
 
-def install_upkeep(app: Celery, settings: Settings, redis_url: str) -> None:
+def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation: str) -> None:
     keys = Keys(settings.key_prefix)
     beat_every_s = settings.worker_lost_after_s / 3
 
@@ -37,12 +37,10 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str) -> None:
             self.timers: list[Any] = []
             self.client: redis.Redis | None = None
             self.delayed: DelayedMessages | None = None
-            self.node = ""
 
         def start(self, worker: Any) -> None:
             self.client = redis.Redis.from_url(redis_url, health_check_interval=30)
             self.delayed = DelayedMessages(StateStore(self.client, keys))
-            self.node = worker.hostname
             self.beat()
             self.timers = [
                 worker.timer.call_repeatedly(POLL_INTERVAL_S, self.publish_due, priority=10),
@@ -54,7 +52,7 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str) -> None:
                 timer.cancel()
             if self.client is not None:
                 # A clean stop is not a death: the steps it finished need no recovery.
-                self.client.delete(heartbeat_key(keys, self.node))
+                self.client.delete(heartbeat_key(keys, incarnation))
                 self.client.close()
 
         def publish_due(self) -> None:
@@ -70,7 +68,9 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str) -> None:
                 return
             try:
                 self.client.set(
-                    heartbeat_key(keys, self.node), 1, ex=max(1, int(settings.worker_lost_after_s))
+                    heartbeat_key(keys, incarnation),
+                    1,
+                    ex=max(1, int(settings.worker_lost_after_s)),
                 )
             except Exception:
                 log.exception("heartbeat failed")

@@ -136,11 +136,19 @@ def report(
         states[status["state"]] = states.get(status["state"], 0) + 1
         audit = client.audit(wid)
         violations += [f"{wid}: {p}" for p in audit.problems]
-        succeeded_keys |= {
+        fan_outs = {s["item_of"] for s in status["steps"] if "item_of" in s}
+        succeeded_keys |= {  # a fan-out's own result is its join, not a call
             f"{wid}:{s['id']}"
             for s in status["steps"]
-            if s["state"] == "succeeded" and s["task"] == "chaos.effect"
+            if s["state"] == "succeeded" and s["task"] == "chaos.effect" and s["id"] not in fan_outs
         }
+        if wid in pending:
+            stuck = [
+                (s["id"], s["state"], s["attempts"], s["worker"])
+                for s in status["steps"]
+                if s["state"] not in ("succeeded", "skipped", "dead-lettered")
+            ]
+            print(f"not final: {wid} {status['name']} {stuck}")
     with redis.Redis.from_url(url) as r:
         ledger = {k.decode() for k in r.hkeys(LEDGER)}
         calls = r.llen(CALLS)
