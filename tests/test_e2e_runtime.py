@@ -162,12 +162,14 @@ def test_a_step_that_fails_for_good_stops_the_workflow(client: Client) -> None:
                 "args": {"seconds": 0.5},
                 "after": ["a"],
             },
+            # `bad` fails only once slow-branch is surely running (two pool slots).
+            {"id": "pause", "task": "treadle.sleep", "args": {"seconds": 0.2}, "after": ["a"]},
             {
                 "id": "bad",
                 "task": "treadle.fail",
                 "args": {"times": 5, "permanent": True},
                 "retry": {"max_attempts": 5, "backoff_s": 0.05},
-                "after": ["a"],
+                "after": ["pause"],
             },
             {"id": "after-bad", "task": "treadle.noop", "after": ["bad"]},
             {"id": "join", "task": "treadle.noop", "after": ["slow-branch", "after-bad"]},
