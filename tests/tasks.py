@@ -48,6 +48,6 @@ def ignore_soft_limit(seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            time.sleep(0.05)
+            time.sleep(max(0.0, min(0.05, deadline - time.monotonic())))
         except SoftTimeLimitExceeded:
             continue
