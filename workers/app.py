@@ -107,31 +107,21 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
 
 
 def _register(app: Celery, name: str, holder: _PerProcess, request_class: type) -> None:
+    def dead_letter(task: Task, error: str, body: str) -> None:
+        entry = describe(task.request, error)
+        entry.update(task=name, message_id=task.request.id, body=body[:500])
+        DeadLetters(holder.runtime.store).file(entry)
+
     def run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # Checked here, not by Celery's call: a message of the wrong shape is a dead
         # letter, not a task error that would be logged and forgotten.
         if kwargs or len(args) != 2 or not all(isinstance(a, str) for a in args):
-            shape = f"args={args!r} kwargs={kwargs!r}"[:500]
-            DeadLetters(holder.runtime.store).file(
-                {
-                    **describe(self.request, "not a treadle step message"),
-                    "task": name,
-                    "message_id": self.request.id,
-                    "body": shape,
-                }
-            )
+            dead_letter(self, "not a treadle step message", f"args={args!r} kwargs={kwargs!r}")
             raise Ignore()
         try:
             return holder.runtime.execute(self, args[0], args[1])
         except NotFound as exc:
-            DeadLetters(holder.runtime.store).file(
-                {
-                    **describe(self.request, str(exc)),
-                    "task": name,
-                    "message_id": self.request.id,
-                    "body": repr(args),
-                }
-            )
+            dead_letter(self, str(exc), repr(args))
             raise Ignore() from exc
 
     run.__name__ = run.__qualname__ = name.replace(".", "_")

@@ -108,7 +108,9 @@ def _create_items(store: StateStore, view: StepView, definitions: list[dict[str,
             raise
 
 
-def join(store: StateStore, workflow_id: str, parent: str, count: int) -> Applied | None:
+def join(
+    store: StateStore, workflow_id: str, parent: str, count: int
+) -> tuple[StepView, Applied] | None:
     """Record the fan-out step as succeeded with its items' results in order; None if it
     was already settled (a duplicate join, or a stopped workflow)."""
     view = store.load_step(workflow_id, parent)
@@ -119,11 +121,12 @@ def join(store: StateStore, workflow_id: str, parent: str, count: int) -> Applie
     missing = [i for i in ids if i not in values]
     if missing:
         raise Permanent(f"fan-out {parent}: no result for {', '.join(missing[:5])}")
-    result_json = json.dumps([values[i] for i in ids])
+    joined = [values[i] for i in ids]  # already JSON values: no round trip needed
+    result_json = json.dumps(joined)
     now = time.time()
-    output = audit.sha256_of(json.loads(result_json))
+    output = audit.sha256_of(joined)
     try:
-        return store.apply(
+        applied = store.apply(
             workflow_id,
             [
                 Change(
@@ -138,5 +141,6 @@ def join(store: StateStore, workflow_id: str, parent: str, count: int) -> Applie
             ],
             tail=view.audit_tail,
         )
+        return view, applied
     except Conflict:
         return None

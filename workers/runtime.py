@@ -134,11 +134,10 @@ class StepRuntime:
 
     def join(self, task: Task, workflow_id: str, parent: str, count: int) -> dict[str, Any]:
         """The end of a fan-out: the items have all succeeded."""
-        applied = join(self.store, workflow_id, parent, count)
-        if applied is None:
+        joined = join(self.store, workflow_id, parent, count)
+        if joined is None:
             raise Ignore()
-        view = self.store.load_step(workflow_id, parent)
-        self._continue(task, view, applied)
+        self._continue(task, *joined)
         return {"workflow_id": workflow_id, "step_id": parent, "state": "succeeded"}
 
     def _continue(self, task: Task, view: StepView, applied: Applied) -> None:
@@ -373,7 +372,7 @@ class StepRuntime:
         elapsed: float,
         request: Any = None,
     ) -> None:
-        policy = self._policy(attempt)
+        policy = self._policy_of(attempt.view)
         permanent = isinstance(exc, Permanent) or not policy.retries(exc)
         retry = not permanent and attempt.call.attempt < policy.max_attempts
         error = _describe(exc)
@@ -457,9 +456,6 @@ class StepRuntime:
                 if conflict.target == call.step_id:
                     raise
         return self._record(attempt, StepState.dead_lettered, fields, dead_letter=letter)
-
-    def _policy(self, attempt: _Attempt) -> RetryPolicy:
-        return self._policy_of(attempt.view)
 
     def _policy_of(self, view: StepView) -> RetryPolicy:
         # Resolved at submission (the step's own policy, else its task's default), so every
