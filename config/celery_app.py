@@ -6,7 +6,9 @@ from typing import Any
 
 from celery import Celery
 
+from config.broker_transport import TRANSPORT
 from config.queues import declare_queues, queue_for
+from config.redis_client import BACKOFF_BASE_S, BACKOFF_CAP_S, retry_attempts
 from config.redis_server import discover_running
 from config.settings import Settings
 from config.topology import PriorityClass
@@ -33,8 +35,10 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         # is never handed to a second worker while the first still holds it.
         "visibility_timeout": settings.visibility_timeout_s,
     }
+    retries = retry_attempts(settings.redis_retry_s)
     return {
         "broker_url": redis_url,
+        "broker_transport": TRANSPORT,
         # "<class>+<url>" is Celery's way to name a backend class for a URL.
         "result_backend": f"config.result_backend:PublishOnlyRedisBackend+{redis_url}",
         "task_serializer": "json",
@@ -59,6 +63,21 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         "task_send_sent_event": True,
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
         "broker_connection_retry_on_startup": True,
+        # Through a Redis restart or failover: workers reconnect for as long as it takes,
+        # publishing and result writes retry for redis_retry_s, and steps that are running
+        # keep running (their records go to the state store, which retries too).
+        "broker_connection_max_retries": None,
+        "task_publish_retry_policy": {
+            "max_retries": retries,
+            "interval_start": 0,
+            "interval_step": BACKOFF_BASE_S * 4,
+            "interval_max": BACKOFF_CAP_S,
+        },
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": retries,
+        "result_backend_base_sleep_between_retries_ms": int(BACKOFF_BASE_S * 1000),
+        "result_backend_max_sleep_between_retries_ms": int(BACKOFF_CAP_S * 1000),
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
     }

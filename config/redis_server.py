@@ -142,10 +142,13 @@ def _answers_ping(url: str, timeout_s: float) -> bool:
 class EmbeddedRedis:
     """A private ``redis-server`` child process; use as a context manager or start()/stop()."""
 
-    def __init__(self, home: Path = DEFAULT_HOME, port: int | None = None) -> None:
+    def __init__(
+        self, home: Path = DEFAULT_HOME, port: int | None = None, appendfsync: str = "always"
+    ) -> None:
         # Absolute, so a later chdir neither moves the data nor loses the url file.
         self.home = Path(home).absolute()
         self._requested_port = port
+        self.appendfsync = appendfsync
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._data_dir: Path | None = None
@@ -207,7 +210,7 @@ class EmbeddedRedis:
             "--bind", LOOPBACK,
             "--dir", str(data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--maxmemory-policy", "noeviction",
             "--protected-mode", "yes",
@@ -288,6 +291,26 @@ class EmbeddedRedis:
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or a power cut would stop it: no shutdown save."""
+        proc = self._proc
+        if proc is None:
+            return
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self._proc = None
+
+    def restart(self, crash: bool = False) -> Self:
+        """Stop (or with ``crash``, kill) the server and start it again on the same port
+        and data directory, so that it comes back with what its AOF kept."""
+        port = self.port
+        if crash:
+            self.kill()
+        else:
+            self.stop()
+        self._requested_port = port
+        return self.start()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,17 @@ class Settings(BaseSettings):
         default="", description="Comma-separated modules that define @task functions."
     )
     key_prefix: str = Field(default="treadle", description="Prefix of every treadle Redis key.")
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        default="always",
+        description="AOF fsync of the embedded Redis: always = an acknowledged write "
+        "survives a crash; everysec = the last second of writes may be lost.",
+    )
+    redis_retry_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a Redis call keeps retrying through a lost connection "
+        "(a restart, a failover) before it gives up.",
+    )
 
     max_steps: int = Field(default=20_000, ge=1, description="Steps per workflow.")
     max_params_bytes: int = Field(default=256 * 1024, ge=1, description="JSON size of params.")

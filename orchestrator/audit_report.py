@@ -90,7 +90,7 @@ def order_problems(
         step, to = record.get("step_id"), record.get("to")
         if step is None:
             continue
-        if to == "running":
+        if _starts(record):
             started.setdefault(step, []).append(position)
         elif to in _FINAL:
             ended.setdefault(step, []).append((position, to))
@@ -133,7 +133,7 @@ def audit(
         step, to = record.get("step_id"), record.get("to")
         if step is None:
             continue
-        if to == "running":
+        if _starts(record):
             started[step] = record["at"]  # the last run is the one that counts
             attempts[step] = attempts.get(step, 0) + 1
         elif to in ("succeeded", "failed", "skipped", "cancelled", "dead-lettered"):
@@ -153,6 +153,11 @@ def audit(
         )
     problems = order_problems(entries, after, all_done)
     return AuditReport(workflow_id, len(entries), problems, timings)
+
+
+def _starts(record: Mapping[str, Any]) -> bool:
+    # A record that an attempt was lost keeps the step running but starts nothing.
+    return record.get("to") == "running" and not record.get("lost")
 
 
 def _records(entries: Sequence[str]) -> list[dict[str, Any]]:

@@ -391,6 +391,9 @@ def flower(port: int) -> None:
 
     settings = _settings()
     app = make_app(settings, _resolved_url(settings))
+    # Flower reads the broker's kind from the connection's URL scheme, which a transport
+    # named by its class would replace; it consumes nothing, so kombu's own will do.
+    app.conf.broker_transport = None
     argv = ["flower", f"--port={port}", "--address=127.0.0.1"]
     if settings.flower_basic_auth is not None:
         argv.append(f"--basic-auth={settings.flower_basic_auth.get_secret_value()}")

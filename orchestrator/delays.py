@@ -28,6 +28,14 @@ class DelayedMessages:
         self.keys = [keys.delayed, keys.delayed_entries, keys.delayed_inflight]
         self._take = store.redis.register_script(lua_script("take_due.lua"))
 
+    def add(self, message_id: str, due: float, message: dict[str, Any]) -> None:
+        """Keep ``message`` (a Celery signature as a dict) until ``due``; the same id
+        again replaces it."""
+        with self.store.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys[1], message_id, json.dumps(message))
+            pipe.zadd(self.keys[0], {message_id: due})
+            self.store.execute(pipe)
+
     def publish_due(self, publish: Publish, now: float | None = None, limit: int = 500) -> int:
         """Publish every message that is due; returns how many were published."""
         now = time.time() if now is None else now

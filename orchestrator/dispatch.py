@@ -19,6 +19,7 @@ from celery.canvas import Signature
 
 from config.queues import queue_for
 from config.settings import Settings
+from orchestrator import tickets
 from orchestrator.compiler import Chain, Chord, Compiled, Group, Node, Task, first_steps, from_json
 from orchestrator.states import StepState
 from orchestrator.store import Change, Conflict, StateStore
@@ -69,10 +70,11 @@ def dispatch(
     sources = [s for s in sorted(compiled.counters) if not defs[s].get("waits_for")]
     first = (first_steps(compiled.canvas) if compiled.canvas is not None else []) + sources
     mark_queued(store, workflow_id, first)
-    if compiled.canvas is not None:
-        build_signature(app, workflow_id, compiled.canvas, defs, priority).apply_async()
-    for step_id in sources:
-        step_signature(app, workflow_id, step_id, defs[step_id], priority).apply_async()
+    with tickets.capture(store):
+        if compiled.canvas is not None:
+            build_signature(app, workflow_id, compiled.canvas, defs, priority).apply_async()
+        for step_id in sources:
+            step_signature(app, workflow_id, step_id, defs[step_id], priority).apply_async()
     store.set_fields(workflow_id, {"dispatched_at": repr(time.time())})
 
 
@@ -96,8 +98,9 @@ def publish_steps(
     if not ids:
         return
     defs = store.step_defs_of(workflow_id, ids)
-    for step_id in ids:
-        step_signature(app, workflow_id, step_id, defs[step_id], priority).apply_async()
+    with tickets.capture(store):
+        for step_id in ids:
+            step_signature(app, workflow_id, step_id, defs[step_id], priority).apply_async()
 
 
 def mark_queued(store: StateStore, workflow_id: str, step_ids: list[str]) -> None:

@@ -37,6 +37,10 @@ class Keys:
     def waiting(self, workflow_id: str) -> str:
         return f"{self.prefix}:wf:{workflow_id}:waiting"
 
+    def tickets(self, workflow_id: str) -> str:
+        """The message that runs each published step, kept while the workflow runs."""
+        return f"{self.prefix}:wf:{workflow_id}:tickets"
+
     def of_workflow(self, workflow_id: str) -> list[str]:
         """Every key that belongs to one workflow."""
         return [
@@ -46,6 +50,7 @@ class Keys:
             self.results(workflow_id),
             self.audit(workflow_id),
             self.waiting(workflow_id),
+            self.tickets(workflow_id),
         ]
 
     @property
@@ -54,6 +59,26 @@ class Keys:
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
+
+    def alive(self, incarnation: str) -> str:
+        """Exists while the worker process ``incarnation`` (one life of a worker) runs."""
+        return f"{self.prefix}:alive:{incarnation}"
+
+    @property
+    def incarnations(self) -> str:
+        """Every worker process that has started and not yet been seen to stop."""
+        return f"{self.prefix}:incarnations"
+
+    @property
+    def disrupted(self) -> str:
+        """When a worker last lost its broker connection or died: messages in flight then
+        may be gone (see ``orchestrator.orphans``)."""
+        return f"{self.prefix}:disrupted"
+
+    @property
+    def repaired(self) -> str:
+        """The last disruption whose orphans the recovery sweep has looked for."""
+        return f"{self.prefix}:disrupted:repaired"
 
     @property
     def delayed(self) -> str:

@@ -6,7 +6,9 @@
   step and finishing the workflow): finish them;
 - a counter step whose dependencies all ended but which was never published (a worker
   died between recording the last dependency's end and publishing): publish it;
-- a message a dead worker had taken (see ``orchestrator.stranded``): put it back.
+- a message a dead worker had taken (see ``orchestrator.stranded``): put it back;
+- after a worker lost its broker connection or died, a message lost on the way, or a
+  chain cut short (see ``orchestrator.orphans``): publish it again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from orchestrator.delays import DelayedMessages
 from orchestrator.dispatch import dispatch_stored, mark_queued, publish_steps
 from orchestrator.finish import finish_workflow
+from orchestrator.orphans import OrphanReport, repair
 from orchestrator.service import Orchestrator
 from orchestrator.states import WORKFLOW_FINAL
 from orchestrator.stranded import restore_stranded
@@ -33,6 +36,7 @@ class SweepReport:
     finished: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)  # "workflow/step"
     restored: list[str] = field(default_factory=list)  # task ids a dead worker had taken
+    orphans: OrphanReport = field(default_factory=OrphanReport)
 
 
 def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> SweepReport:
@@ -42,6 +46,7 @@ def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> Swe
     report.restored = restore_stranded(store, orchestrator.settings.stranded_message_after_s, now)
     # A retry taken for publishing by a process that died before confirming it.
     DelayedMessages(store).requeue_stale(older_than_s=undispatched_after_s, now=now)
+    _repair_orphans(orchestrator, report, now, settle_s=undispatched_after_s)
     ids = list(store.ids())
     for start in range(0, len(ids), 500):
         batch = ids[start : start + 500]
@@ -69,6 +74,26 @@ def sweep(orchestrator: Orchestrator, undispatched_after_s: float = 10.0) -> Swe
                     log.warning("workflow %s step %s was ready but never published", wid, step)
                     report.released.append(f"{wid}/{step}")
     return report
+
+
+def _repair_orphans(
+    orchestrator: Orchestrator, report: SweepReport, now: float, settle_s: float
+) -> None:
+    store = orchestrator.store
+    gone = [
+        i.decode() if isinstance(i, bytes) else str(i)
+        for i in store.redis.smembers(store.keys.incarnations)
+    ]
+    dead = [i for i in gone if not store.worker_alive(i)]
+    if dead:
+        log.warning("workers %s died: looking for messages they lost", ", ".join(dead))
+        store.redis.srem(store.keys.incarnations, *dead)
+        store.mark_disrupted(now)
+    disrupted, repaired = store.disruption()
+    # Once it has settled: reconnected workers first put back what they still held.
+    if disrupted > repaired and now - disrupted >= settle_s:
+        report.orphans = repair(orchestrator.app, store, before=disrupted)
+        store.mark_repaired(disrupted)
 
 
 def _stranded_counter_steps(

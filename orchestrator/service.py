@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 
 from config.celery_app import make_app, resolve_redis_url
+from config.redis_client import answers, connect
 from config.settings import Settings
 from config.topology import Topology, load_topology
 from orchestrator.compiler import compile_workflow
@@ -132,12 +133,11 @@ class Orchestrator:
     @classmethod
     def from_settings(cls, settings: Settings, redis_url: str | None = None) -> Orchestrator:
         url = redis_url or resolve_redis_url(settings)
-        client = redis.Redis.from_url(url, health_check_interval=30)
         try:
-            client.ping()
+            answers(url)  # at once: a CLI command must not wait out the retry window
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            client.close()
             raise Unreachable(f"Redis at {_safe_url(url)} cannot be reached: {exc}") from exc
+        client = connect(url, settings)
         return cls(
             settings,
             make_app(settings, url),

@@ -25,6 +25,7 @@ from typing import IO, Any
 import redis
 
 from config.celery_app import make_app
+from config.redis_client import answers
 from config.redis_server import EmbeddedRedis
 from config.settings import Settings
 from config.topology import PRIORITY_ORDER, PriorityClass, load_topology
@@ -117,7 +118,9 @@ class Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if not self.redis_url:
-            self.embedded = EmbeddedRedis(self.home).start()
+            self.embedded = EmbeddedRedis(
+                self.home, appendfsync=self.settings.redis_appendfsync
+            ).start()
             self.redis_url = self.embedded.url
         self._check_redis()
         for spec in self.worker_specs:
@@ -198,6 +201,12 @@ class Stack:
         self.children.remove(old)
         return self._spawn(name, old.argv[3:])
 
+    def restart_redis(self, crash: bool = True) -> None:
+        """Restart the embedded Redis on its port and data (``crash``: SIGKILL it first)."""
+        if self.embedded is None:
+            raise RuntimeError("this stack runs on an external Redis (TREADLE_REDIS_URL)")
+        self.embedded.restart(crash=crash)
+
     def child(self, name: str) -> ChildProcess:
         for child in self.children:
             if child.name == name:
@@ -205,13 +214,10 @@ class Stack:
         raise KeyError(name)
 
     def _check_redis(self) -> None:
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
         try:
-            client.ping()
+            answers(self.redis_url)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Unreachable(f"Redis cannot be reached: {exc}") from exc
-        finally:
-            client.close()
 
     def wait_http(self, port: int, timeout_s: float = _READY_TIMEOUT_S) -> None:
         """Until something accepts connections on the loopback ``port``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -212,7 +213,9 @@ class StateStore:
             self.keys.dead_letters_by_time,
         ]
         if tail is None:
-            tail = _text(self.redis.hget(keys[0], "audit_tail") or b"")
+            tail = _text(self._guard(lambda: self.redis.hget(keys[0], "audit_tail")) or b"")
+        # The same token on every try of this batch, so the script can tell a repeat.
+        token = uuid.uuid4().hex
         for _ in range(_MAX_STALE_RETRIES):
             args: list[Any] = []
             prev = tail
@@ -239,7 +242,9 @@ class StateStore:
                     change.delayed.encode() if change.delayed is not None else "",
                     _encode_letter(change.dead_letter),
                 ]
-            reply = self._call(self._transition, keys=keys, args=[tail, prev, len(changes), *args])
+            reply = self._call(
+                self._transition, keys=keys, args=[tail, prev, len(changes), token, *args]
+            )
             status = _text(reply[0])
             if status == "ok":
                 return Applied(
@@ -265,7 +270,7 @@ class StateStore:
             pipe.hmget(
                 k.workflow(workflow_id), "state", "priority", "on_failure", "params", "audit_tail"
             )
-            raw_def, raw_record, wf = self._execute(pipe)
+            raw_def, raw_record, wf = self.execute(pipe)
         if raw_def is None or raw_record is None or wf[0] is None:
             raise NotFound(f"workflow {workflow_id} has no step {step_id!r}")
         definition = json.loads(raw_def)
@@ -276,7 +281,7 @@ class StateStore:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(k.results(workflow_id), deps)
                 pipe.hmget(k.steps(workflow_id), deps)
-                values, records = self._execute(pipe)
+                values, records = self.execute(pipe)
             results = {d: json.loads(v) for d, v in zip(deps, values, strict=True) if v is not None}
             dep_states = {
                 d: json.loads(r)["state"] for d, r in zip(deps, records, strict=True) if r
@@ -329,7 +334,7 @@ class StateStore:
             if counts:
                 mapping: dict[Any, Any] = dict(counts)
                 pipe.hset(key, mapping=mapping)
-            self._execute(pipe)
+            self.execute(pipe)
 
     def waiting_counts(self, workflow_id: str) -> dict[str, int]:
         """Counter steps and how many of their dependencies have not ended yet."""
@@ -397,7 +402,7 @@ class StateStore:
             with self.redis.pipeline(transaction=False) as pipe:
                 for wid in batch:
                     pipe.hmget(self.keys.workflow(_text(wid)), *fields, *counts)
-                rows = self._execute(pipe)
+                rows = self.execute(pipe)
             for row in rows:
                 if row[0] is None:
                     continue
@@ -416,7 +421,7 @@ class StateStore:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.lrange(self.keys.audit(workflow_id), 0, -1)
             pipe.hget(self.keys.workflow(workflow_id), "audit_tail")
-            entries, tail = self._execute(pipe)
+            entries, tail = self.execute(pipe)
         if tail is None:
             raise NotFound(f"no workflow {workflow_id!r}")
         return [_text(e) for e in entries], _text(tail)
@@ -426,11 +431,41 @@ class StateStore:
         self._guard(lambda: self.redis.hset(self.keys.workflow(workflow_id), mapping=fields))
 
     def expire(self, workflow_id: str) -> None:
-        """Finished workflows stay readable for ``state_ttl_s``, then Redis drops them."""
+        """Finished workflows stay readable for ``state_ttl_s``, then Redis drops them;
+        their tickets are needed no more."""
         with self.redis.pipeline(transaction=False) as pipe:
             for key in self.keys.of_workflow(workflow_id):
                 pipe.expire(key, self.state_ttl_s)
-            self._execute(pipe)
+            pipe.delete(self.keys.tickets(workflow_id))
+            self.execute(pipe)
+
+    def keep_ticket(self, workflow_id: str, step_id: str, ticket_json: str) -> None:
+        self._guard(lambda: self.redis.hset(self.keys.tickets(workflow_id), step_id, ticket_json))
+
+    def tickets_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The kept messages of these steps (see ``orchestrator.tickets``)."""
+        if not step_ids:
+            return {}
+        raw = self._guard(lambda: self.redis.hmget(self.keys.tickets(workflow_id), step_ids))
+        return {sid: json.loads(v) for sid, v in zip(step_ids, raw, strict=True) if v is not None}
+
+    def mark_disrupted(self, at: float) -> None:
+        """A worker lost its broker connection or died at ``at`` (see orchestrator.orphans)."""
+        self._guard(lambda: self.redis.set(self.keys.disrupted, repr(at)))
+
+    def disruption(self) -> tuple[float, float]:
+        """(last disruption, last one repaired); 0 for never."""
+        raw = self._guard(lambda: self.redis.mget(self.keys.disrupted, self.keys.repaired))
+        return float(raw[0] or 0), float(raw[1] or 0)
+
+    def mark_repaired(self, at: float) -> None:
+        self._guard(lambda: self.redis.set(self.keys.repaired, repr(at)))
+
+    def worker_alive(self, incarnation: str) -> bool:
+        """Whether the worker process ``incarnation`` still sends its heartbeat."""
+        return bool(incarnation) and bool(
+            self._guard(lambda: self.redis.exists(self.keys.alive(incarnation)))
+        )
 
     def ids(self) -> Iterable[str]:
         return [_text(i) for i in self._guard(lambda: self.redis.zrange(self.keys.index, 0, -1))]
@@ -440,7 +475,7 @@ class StateStore:
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         return self._guard(lambda: script(keys=keys, args=args))
 
-    def _execute(self, pipe: Any) -> list[Any]:
+    def execute(self, pipe: Any) -> list[Any]:
         return self._guard(pipe.execute)  # type: ignore[no-any-return]
 
     @staticmethod

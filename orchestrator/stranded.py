@@ -12,24 +12,17 @@ makes after the visibility timeout then finds the step finished and is ignored.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
-from typing import Any
 
-from orchestrator.keys import Keys
 from orchestrator.store import StateStore, lua_script
+from orchestrator.tickets import step_of_payload
 
 log = logging.getLogger("treadle.recovery")
 
 UNACKED = "unacked"  # kombu's Redis transport defaults
 UNACKED_INDEX = "unacked_index"
-
-
-def heartbeat_key(keys: Keys, incarnation: str) -> str:
-    """Alive while the worker process ``incarnation`` (one life of a worker) runs."""
-    return f"{keys.prefix}:alive:{incarnation}"
 
 
 def restore_stranded(
@@ -48,9 +41,12 @@ def restore_stranded(
             continue
         try:
             payload, _exchange, routing_key = json.loads(raw)
-            workflow_id, step_id = _step_of(payload)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError):
+            continue
+        step = step_of_payload(payload)
+        if step is None:
             continue  # not a step message: kombu restores it after the visibility timeout
+        workflow_id, step_id = step
         if not _abandoned(store, workflow_id, step_id):
             continue
         payload["headers"]["redelivered"] = True
@@ -66,21 +62,10 @@ def restore_stranded(
     return restored
 
 
-def _step_of(payload: dict[str, Any]) -> tuple[str, str]:
-    body = payload["body"]
-    if payload["properties"].get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args = json.loads(body)[0]
-    if len(args) != 2:
-        raise ValueError("not a step message")
-    return str(args[0]), str(args[1])
-
-
 def _abandoned(store: StateStore, workflow_id: str, step_id: str) -> bool:
     record = store.step_records_of(workflow_id, [step_id]).get(step_id)
     if record is None:
         return False
     if record.get("state") != "running":
         return True  # prefetched, never started: a second copy is claimed at most once
-    incarnation = record.get("incarnation") or ""
-    return not store.redis.exists(heartbeat_key(store.keys, incarnation))
+    return not store.worker_alive(record.get("incarnation") or "")

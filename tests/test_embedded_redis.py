@@ -51,10 +51,34 @@ def test_set_get_and_discovery(embedded: EmbeddedRedis) -> None:
 def test_durability_and_eviction_settings(embedded: EmbeddedRedis) -> None:
     with redis.Redis.from_url(embedded.url, decode_responses=True) as client:
         assert client.config_get("appendonly") == {"appendonly": "yes"}
-        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         assert client.config_get("save") == {"save": ""}
         assert client.config_get("bind") == {"bind": "127.0.0.1"}
+
+
+def test_a_crash_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path).start()
+    try:
+        port = server.port
+        with redis.Redis.from_url(server.url) as client:
+            for i in range(200):
+                client.rpush("acknowledged", i)
+        server.restart(crash=True)
+        assert server.port == port
+        with redis.Redis.from_url(server.url) as client:
+            assert client.llen("acknowledged") == 200
+        assert discover_running(tmp_path) == server.url
+    finally:
+        server.stop()
+
+
+def test_everysec_is_a_choice(tmp_path: Path) -> None:
+    with (
+        EmbeddedRedis(tmp_path, appendfsync="everysec") as server,
+        redis.Redis.from_url(server.url, decode_responses=True) as client,
+    ):
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
 
 
 def test_stop_kills_process_and_forgets_url(tmp_path: Path) -> None:

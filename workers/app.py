@@ -8,13 +8,14 @@ import time
 import uuid
 from typing import Any
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import before_task_publish
 
 from config.celery_app import make_app
+from config.redis_client import connect
 from config.settings import Settings
+from orchestrator import tickets
 from orchestrator.dead_letters import DeadLetters
 from orchestrator.errors import NotFound
 from orchestrator.keys import Keys
@@ -45,12 +46,17 @@ class _PerProcess:
     @property
     def runtime(self) -> StepRuntime:
         if self._runtime is None or self._pid != os.getpid():
-            client = redis.Redis.from_url(self.url, health_check_interval=30)
+            client = connect(self.url, self.settings)
             store = StateStore(
                 client, Keys(self.settings.key_prefix), state_ttl_s=self.settings.state_ttl_s
             )
             self._runtime = StepRuntime(
-                store, self.registry, hooks=[LogHook()], incarnation=self.incarnation
+                store,
+                self.registry,
+                hooks=[LogHook()],
+                incarnation=self.incarnation,
+                # As often as heartbeats are sent: a lost attempt is seen within that.
+                recheck_s=self.settings.worker_lost_after_s / 3,
             )
             self._pid = os.getpid()
         return self._runtime
@@ -101,6 +107,7 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
             log.exception("could not record workflow %s step %s as queued", workflow_id, step_id)
 
     before_task_publish.connect(mark_queued, weak=False)
+    tickets.use_by_default(lambda: holder.runtime.store)
     install_upkeep(app, settings, redis_url, incarnation)
     poison.install(app, lambda: DeadLetters(holder.runtime.store))
     return app

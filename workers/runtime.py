@@ -23,14 +23,17 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExc
 from pydantic import ValidationError
 
 from config.queues import queue_for
+from config.settings import Settings
 from orchestrator import audit
 from orchestrator.conditions import ConditionError
+from orchestrator.delays import DelayedMessages
 from orchestrator.dispatch import publish_steps
 from orchestrator.errors import Permanent, StepError
 from orchestrator.finish import finish_workflow
 from orchestrator.model import RetryPolicy
 from orchestrator.states import STEP_FINAL, STEP_NOT_STARTED, WORKFLOW_FINAL, StepState
 from orchestrator.store import Applied, Change, Conflict, Delayed, StateStore, StepView
+from orchestrator.tickets import KEEP_GOING_HEADER
 from workers.context import StepContext
 from workers.fan_out import fan_out, join
 from workers.gates import skip_reason
@@ -40,6 +43,7 @@ from workers.registry import Registry, TaskDefinition
 log = logging.getLogger("treadle.runtime")
 
 _CLAIM_ATTEMPTS = 8
+_GOES_ON = (StepState.succeeded, StepState.skipped)  # a chain continues after these
 _ERROR_CHARS = 2000
 
 
@@ -53,6 +57,14 @@ class _Attempt:
     definition: TaskDefinition
     call: StepCall
     refusal: str | None = None  # the step cannot run (a broken condition): fail it
+
+
+class _AlreadyEnded(Exception):
+    """A re-issued message (``orchestrator.orphans``) for a step that already ended: its
+    chain or chord goes on from here, without running the step again."""
+
+    def __init__(self, state: StepState):
+        self.state = state
 
 
 class _Skipped(Exception):
@@ -69,16 +81,20 @@ class StepRuntime:
         registry: Registry,
         hooks: Sequence[StepHook] = (),
         incarnation: str = "",
+        recheck_s: float = 5.0,
     ):
         self.store = store
         self.registry = registry
         self.hooks = list(hooks)
         self.incarnation = incarnation  # whose heartbeat says this worker still lives
+        self.recheck_s = recheck_s  # how soon a copy of a running step looks again
 
     def execute(self, task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
         """Run one step for the Celery task ``task``; what Celery stores as its result."""
         try:
             attempt = self._claim(task, workflow_id, step_id)
+        except _AlreadyEnded as ended:
+            return {"workflow_id": workflow_id, "step_id": step_id, "state": ended.state.value}
         except _Skipped as skipped:
             # Returning (not raising) lets a chain or chord go on: its next steps see this
             # one skipped and apply their own trigger rule.
@@ -154,11 +170,14 @@ class StepRuntime:
         for _ in range(_CLAIM_ATTEMPTS):
             view = self.store.load_step(workflow_id, step_id)
             state = StepState(view.record["state"])
-            redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
-            if state in STEP_FINAL or (state == StepState.running and not redelivered):
-                # Already decided (a duplicate, or stopped by cancel or policy), or another
-                # copy of this message is running it right now: acknowledge without
-                # running and without continuing the chain.
+            if state in STEP_FINAL:
+                if state in _GOES_ON and getattr(task.request, KEEP_GOING_HEADER, False):
+                    raise _AlreadyEnded(state)
+                # Already decided (a duplicate, or stopped by cancel or policy): acknowledge
+                # without running and without continuing the chain.
+                raise Ignore()
+            if state == StepState.running and not self._attempt_lost(view):
+                self._recheck_later(task, view)
                 raise Ignore()
             if view.workflow_state in WORKFLOW_FINAL:
                 self._stop_unstarted(view)
@@ -204,7 +223,7 @@ class StepRuntime:
                 "input_sha256": input_sha,
             }
             if state == StepState.running:
-                record["note"] = "previous attempt lost (message redelivered)"
+                record["note"] = "previous attempt lost"
             try:
                 self.store.apply(
                     workflow_id,
@@ -223,6 +242,68 @@ class StepRuntime:
             )
             return _Attempt(view, definition, call, refusal)
         raise Ignore()
+
+    def _attempt_lost(self, view: StepView) -> bool:
+        """Whether the recorded attempt of a running step will never end by itself."""
+        record = view.record
+        attempts = int(record.get("attempts", 0))
+        if int(record.get("lost_attempt", 0)) >= attempts:
+            return True  # its process died (see mark_lost)
+        if not self.store.worker_alive(record.get("incarnation") or ""):
+            return True  # its whole worker died
+        # A last resort if the loss went unrecorded: past its hard time limit, the attempt
+        # has been killed for sure.
+        timeout_s = float(view.definition.get("timeout_s") or 0)
+        started = float(record.get("started_at") or 0)
+        deadline = started + Settings.hard_limit_s(timeout_s) + self.recheck_s
+        return bool(timeout_s) and time.time() > deadline
+
+    def _recheck_later(self, task: Task, view: StepView) -> None:
+        """A second copy of the message of a running step: a broker reconnect or the
+        recovery sweep put one back while its attempt still runs. Acknowledging it could
+        lose the step (if the running attempt's own message was the one put back and its
+        worker dies next), so it waits in the delayed set, holding no worker slot, and
+        looks again until that attempt has ended (then it is ignored) or is lost (then it
+        runs the step)."""
+        pool = view.definition.get("priority") or view.priority
+        again = task.signature_from_request(task.request, queue=queue_for(pool))
+        DelayedMessages(self.store).add(
+            f"{view.workflow_id}/{view.step_id}/recheck", time.time() + self.recheck_s, dict(again)
+        )
+        log.info(
+            "workflow %s step %s: attempt %s still runs on %s; this copy looks again in %ss",
+            view.workflow_id,
+            view.step_id,
+            view.record.get("attempts"),
+            view.record.get("worker"),
+            self.recheck_s,
+        )
+
+    def mark_lost(self, workflow_id: str, step_id: str, task_id: str, error: str) -> None:
+        """The pool process running a step died; Celery puts its message back. Record the
+        attempt as lost, so that the copy runs the step again at once. Runs in the
+        worker's main process."""
+        record = self.store.step_records_of(workflow_id, [step_id]).get(step_id) or {}
+        if (
+            record.get("state") != StepState.running.value
+            or record.get("task_id") != task_id
+            or record.get("incarnation") != self.incarnation
+        ):
+            return
+        attempt, now = int(record.get("attempts", 0)), time.time()
+        with contextlib.suppress(Conflict):
+            self.store.apply(
+                workflow_id,
+                [
+                    Change(
+                        step_id,
+                        StepState.running.value,
+                        StepState.running.value,
+                        {"lost_attempt": attempt},
+                        {"at": now, "lost": True, "attempt": attempt, "error": error},
+                    )
+                ],
+            )
 
     def _gate(self, view: StepView, state: StepState) -> str | None:
         """Skip the step (raising _Skipped) if its trigger rule or condition says so;

@@ -1,6 +1,8 @@
 """A bootstep in every worker (and the orchestrator) that keeps treadle's time-based
 duties going: publishing retries when they fall due, and a heartbeat that tells the
-recovery sweep this worker is alive.
+recovery sweep this worker is alive. A second one, in the consumer, tells the sweep when
+the worker had to reconnect to the broker (messages may have been lost in between; see
+``orchestrator.orphans``).
 
 Every process publishes due retries, so they go on as long as any of them is up; the Lua
 script that takes due messages hands each one to a single poller.
@@ -9,16 +11,17 @@ script that takes due messages hands each one to a single poller.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
 from celery import Celery, bootsteps, signature
 
+from config.redis_client import connect
 from config.settings import Settings
 from orchestrator.delays import DelayedMessages
 from orchestrator.keys import Keys
 from orchestrator.store import StateStore
-from orchestrator.stranded import heartbeat_key
 
 log = logging.getLogger("treadle.upkeep")
 
@@ -39,7 +42,9 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation:
             self.delayed: DelayedMessages | None = None
 
         def start(self, worker: Any) -> None:
-            self.client = redis.Redis.from_url(redis_url, health_check_interval=30)
+            # No retry window: both duties run again on the next tick, and a call blocked
+            # on an outage would hold up the worker's main loop.
+            self.client = connect(redis_url, settings, retry_s=0)
             self.delayed = DelayedMessages(StateStore(self.client, keys))
             self.beat()
             self.timers = [
@@ -52,7 +57,10 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation:
                 timer.cancel()
             if self.client is not None:
                 # A clean stop is not a death: the steps it finished need no recovery.
-                self.client.delete(heartbeat_key(keys, incarnation))
+                with self.client.pipeline(transaction=False) as pipe:
+                    pipe.delete(keys.alive(incarnation))
+                    pipe.srem(keys.incarnations, incarnation)
+                    pipe.execute()
                 self.client.close()
 
         def publish_due(self) -> None:
@@ -67,12 +75,36 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation:
             if self.client is None:
                 return
             try:
-                self.client.set(
-                    heartbeat_key(keys, incarnation),
-                    1,
-                    ex=max(1, int(settings.worker_lost_after_s)),
-                )
+                # Registered with every beat, so the sweep notices when the beats stop.
+                with self.client.pipeline(transaction=False) as pipe:
+                    pipe.set(
+                        keys.alive(incarnation), 1, ex=max(1, int(settings.worker_lost_after_s))
+                    )
+                    pipe.sadd(keys.incarnations, incarnation)
+                    pipe.execute()
             except Exception:
                 log.exception("heartbeat failed")
 
     app.steps["worker"].add(Upkeep)
+    app.steps["consumer"].add(_reconnect_watch(settings, redis_url, keys))
+
+
+def _reconnect_watch(settings: Settings, redis_url: str, keys: Keys) -> type:
+    class Reconnects(bootsteps.StartStopStep):  # type: ignore[misc]
+        """The consumer starts once, and again after every lost broker connection."""
+
+        requires = {"celery.worker.consumer.tasks:Tasks"}
+
+        def __init__(self, consumer: Any, **kwargs: Any):
+            super().__init__(consumer, **kwargs)
+            self.starts = 0
+
+        def start(self, consumer: Any) -> None:
+            self.starts += 1
+            if self.starts == 1:
+                return
+            log.warning("reconnected to the broker: the recovery sweep will look for lost messages")
+            with connect(redis_url, settings) as client:
+                StateStore(client, keys).mark_disrupted(time.time())
+
+    return Reconnects

@@ -1,6 +1,10 @@
 """Chaos: many mixed workflows while worker processes are SIGKILLed and restarted.
 
     .venv/bin/python ops/chaos/run.py [--workflows 300] [--kill-every 2] [--deadline 600]
+                                      [--redis-crash-every 0]
+
+With ``--redis-crash-every S`` the embedded Redis (AOF, appendfsync always) is also
+SIGKILLed and started again on its data every S seconds.
 
 Passes (exit 0) when every workflow reached a final state, `treadle audit` finds no
 violation in any of them (no step started early, none succeeded twice), and the
@@ -80,11 +84,20 @@ def killer(
         stack.restart(victim.name)
 
 
+def redis_crasher(
+    stack: Stack, every_s: float, stop: threading.Event, rng: random.Random, crashes: list[str]
+) -> None:
+    while not stop.wait(every_s * rng.uniform(0.5, 1.5)):
+        stack.restart_redis(crash=True)
+        crashes.append("redis")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflows", type=int, default=300)
     parser.add_argument("--kill-every", type=float, default=2.0)
     parser.add_argument("--deadline", type=float, default=600.0)
+    parser.add_argument("--redis-crash-every", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -110,11 +123,24 @@ def main() -> int:
             Client.connect(settings, stack.redis_url) as client,
         ):
             stop, kills = threading.Event(), list[str]()
-            chaos = threading.Thread(
-                target=killer, args=(stack, args.kill_every, stop, rng, kills), daemon=True
-            )
+            threads = []
+            if args.kill_every > 0:
+                threads.append(
+                    threading.Thread(
+                        target=killer, args=(stack, args.kill_every, stop, rng, kills), daemon=True
+                    )
+                )
+            if args.redis_crash_every > 0:
+                threads.append(
+                    threading.Thread(
+                        target=redis_crasher,
+                        args=(stack, args.redis_crash_every, stop, rng, kills),
+                        daemon=True,
+                    )
+                )
             started = time.monotonic()
-            chaos.start()
+            for thread in threads:
+                thread.start()
             ids = [client.submit(workflow(i, rng)) for i in range(args.workflows)]
             deadline = started + args.deadline
             pending = set(ids)
@@ -122,7 +148,8 @@ def main() -> int:
                 pending = {w for w in pending if client.status(w)["state"] not in WORKFLOW_FINAL}
                 time.sleep(0.5)
             stop.set()
-            chaos.join()
+            for thread in threads:
+                thread.join()
             return report(client, stack.redis_url, ids, pending, kills, time.monotonic() - started)
 
 
@@ -153,7 +180,11 @@ def report(
         ledger = {k.decode() for k in r.hkeys(LEDGER)}
         calls = r.llen(CALLS)
     missing = succeeded_keys - ledger  # a step recorded as done whose effect never happened
-    print(f"{len(ids)} workflows in {took:.0f} s, {len(kills)} worker processes SIGKILLed")
+    crashes = kills.count("redis")
+    print(
+        f"{len(ids)} workflows in {took:.0f} s, {len(kills) - crashes} worker processes "
+        f"SIGKILLed, Redis SIGKILLed and restarted {crashes} times"
+    )
     print("final states:", states, "| not final:", len(pending))
     print(
         f"effects applied: {len(ledger)} for {len(succeeded_keys)} succeeded steps; "

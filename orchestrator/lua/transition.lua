@@ -12,10 +12,14 @@
 -- neither lose the retry of a step recorded as retrying nor leave a retry without one.
 -- A final failure also files its dead letter here, so no dead-lettered step lacks one.
 -- Moving a step back from a final state (resume, replay) takes it out of the counts.
+-- A batch is applied once even if its call is repeated (a client retrying after a lost
+-- connection, whose first try did run): its first target keeps the batch's token, and a
+-- repeat that finds it there answers as the first try did instead of failing its checks.
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
 --       6 definitions hash, 7 delayed zset, 8 delayed entries hash, 9 dead letters hash,
 --       10 dead letters by time
--- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N, then N times:
+-- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N,
+--       4 the batch's token, then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
 --       fields to merge (JSON object), audit record (JSON text), result (JSON text or ''),
 --       dependents to release (JSON array or ''), definition of a created step (or ''),
@@ -28,15 +32,45 @@ local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
 local FAILED = {failed=true, ['dead-lettered']=true}
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local defs, delayed, entries, letters, letters_by_time = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local WIDTH = 10
+local WIDTH, FIRST = 10, 5
+local token = ARGV[4]
+
+local function reply_with(ready)
+  local counts = redis.call('HMGET', wf, 'steps_done', 'steps_total', 'state')
+  local reply = {'ok', tonumber(counts[1]), tonumber(counts[2]), counts[3]}
+  for _, step in ipairs(ready) do
+    table.insert(reply, step)
+  end
+  return reply
+end
+
+-- The reply of the first try if this batch was applied before, else nil.
+local function applied_before()
+  local target = ARGV[FIRST]
+  if target == '' then
+    if redis.call('HGET', wf, 'change') == token then
+      return reply_with({})
+    end
+    return nil
+  end
+  local raw = redis.call('HGET', steps, target)
+  if raw then
+    local record = cjson.decode(raw)
+    if record['change'] == token then
+      return reply_with(record['ready'] or {})
+    end
+  end
+  return nil
+end
+
 local tail = redis.call('HGET', wf, 'audit_tail') or ''
 if tail ~= ARGV[1] then
-  return {'stale', tail}
+  return applied_before() or {'stale', tail}
 end
 local n = tonumber(ARGV[3])
 local loaded = {}
 for i = 0, n - 1 do
-  local target, expected = ARGV[4 + i * WIDTH], ARGV[5 + i * WIDTH]
+  local target, expected = ARGV[FIRST + i * WIDTH], ARGV[FIRST + 1 + i * WIDTH]
   local current
   if target == '' then
     current = redis.call('HGET', wf, 'state') or ''
@@ -51,12 +85,12 @@ for i = 0, n - 1 do
     end
   end
   if current ~= expected then
-    return {'conflict', target, current}
+    return applied_before() or {'conflict', target, current}
   end
 end
 local ready = {}
 for i = 0, n - 1 do
-  local base = 4 + i * WIDTH
+  local base = FIRST + i * WIDTH
   local target, old, new = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local fields = cjson.decode(ARGV[base + 3])
   if target == '' then
@@ -64,12 +98,19 @@ for i = 0, n - 1 do
     for name, value in pairs(fields) do
       redis.call('HSET', wf, name, value)
     end
+    if i == 0 then
+      redis.call('HSET', wf, 'change', token)
+    end
   else
     local record = loaded[i]
     for name, value in pairs(fields) do
       record[name] = value
     end
     record['state'] = new
+    if i == 0 then
+      record['change'] = token
+      record['ready'] = nil
+    end
     redis.call('HSET', steps, target, cjson.encode(record))
     if ARGV[base + 7] ~= '' then
       redis.call('HSET', defs, target, ARGV[base + 7])
@@ -117,9 +158,10 @@ for i = 0, n - 1 do
   end
 end
 redis.call('HSET', wf, 'audit_tail', ARGV[2])
-local counts = redis.call('HMGET', wf, 'steps_done', 'steps_total', 'state')
-local reply = {'ok', tonumber(counts[1]), tonumber(counts[2]), counts[3]}
-for _, step in ipairs(ready) do
-  table.insert(reply, step)
+if #ready > 0 and ARGV[FIRST] ~= '' then
+  -- Kept for a repeat of this batch: these steps must still be published.
+  local record = loaded[0]
+  record['ready'] = ready
+  redis.call('HSET', steps, ARGV[FIRST], cjson.encode(record))
 end
-return reply
+return reply_with(ready)

@@ -1,0 +1,166 @@
+"""Orphaned steps: steps whose message was lost, found and given their message back.
+
+A message can vanish when a connection breaks while kombu moves it from its queue to the
+``unacked`` hash (see ``orchestrator.tickets``), and a chain stops if a worker dies after
+recording a step but before publishing the next link. Both can only happen when a worker
+loses its broker connection or dies; workers record when that happens (the ``disrupted``
+key), and once things have settled the recovery sweep looks at every unfinished step that
+was waiting then:
+
+- queued or retrying, or running for a worker that is dead, and no message for it
+  anywhere (queues, ``unacked``, the delayed set): its ticket is published again;
+- not started, every dependency ended before the disruption, not a counter step (those
+  have their own repair), and no message for it: its dependencies' tickets are published
+  again with the keep-going header, so that their chains and chords continue.
+
+A step whose message was only on its way at that moment gets a second copy: harmless,
+a step runs once. The look costs a scan of the queues, so it runs only after a disruption.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from config.queues import queue_for
+from config.topology import PRIORITY_ORDER
+from orchestrator import tickets
+from orchestrator.states import STEP_FINAL, WORKFLOW_FINAL, StepState
+from orchestrator.store import StateStore
+from orchestrator.stranded import UNACKED
+
+log = logging.getLogger("treadle.recovery")
+
+_SCAN_CHUNK = 1000
+
+
+@dataclass
+class OrphanReport:
+    reissued: list[str] = field(default_factory=list)  # "workflow/step" given its message back
+    continued: list[str] = field(default_factory=list)  # "workflow/step" whose chain went on
+
+
+def present_steps(store: StateStore) -> set[tuple[str, str]]:
+    """Every (workflow, step) that has a message somewhere Redis can see."""
+    redis, found = store.redis, set()
+    for queue in (queue_for(k) for k in PRIORITY_ORDER):
+        length = int(redis.llen(queue))
+        for start in range(0, length, _SCAN_CHUNK):
+            for raw in redis.lrange(queue, start, start + _SCAN_CHUNK - 1):
+                found.add(_payload_step(raw))
+    for _tag, raw in redis.hscan_iter(UNACKED, count=_SCAN_CHUNK):
+        try:
+            payload = json.loads(raw)[0]
+        except (ValueError, TypeError, KeyError, IndexError):
+            continue
+        found.add(tickets.step_of_payload(payload))
+    for message_id in redis.hkeys(store.keys.delayed_entries):
+        text = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
+        workflow_id, _, rest = text.partition("/")
+        found.add((workflow_id, rest.rsplit("/", 1)[0]))
+    found.discard(None)
+    return found  # type: ignore[return-value]
+
+
+def repair(app: Celery, store: StateStore, before: float) -> OrphanReport:
+    """Give back the messages of steps orphaned before ``before`` (a disruption's time)."""
+    report = OrphanReport()
+    present = present_steps(store)
+    for workflow_id in _unfinished(store):
+        records = store.step_records(workflow_id)
+        lost, running, pending = [], [], []
+        for step_id, record in records.items():
+            if (workflow_id, step_id) in present:
+                continue
+            state = record.get("state")
+            queued_at = float(record.get("queued_at") or 0)
+            if state in (StepState.queued, StepState.retrying) and queued_at < before:
+                lost.append(step_id)
+            elif state == StepState.running and not store.worker_alive(
+                record.get("incarnation") or ""
+            ):
+                running.append(step_id)
+            elif state == StepState.pending:
+                pending.append(step_id)
+        defs = store.step_defs_of(workflow_id, running + pending)
+        # A fan-out stays running while its items run; its items have their own messages.
+        lost += [s for s in running if not defs.get(s, {}).get("for_each")]
+        deps = sorted(
+            {d for s in _stalled(pending, defs, records, before) for d in defs[s]["after"]}
+        )
+        _reissue(app, store, workflow_id, lost, report.reissued, keep_going=False)
+        _reissue(app, store, workflow_id, deps, report.continued, keep_going=True)
+    return report
+
+
+def _stalled(
+    pending: list[str],
+    defs: dict[str, dict[str, Any]],
+    records: dict[str, dict[str, Any]],
+    before: float,
+) -> list[str]:
+    """Pending canvas steps all of whose dependencies ended before ``before``."""
+    out = []
+    for step_id in pending:
+        definition = defs.get(step_id, {})
+        deps = definition.get("after") or []
+        if definition.get("counter") or not deps or "item_of" in definition:
+            continue  # counters and fan-out items are published by other means
+        ends = [records.get(d, {}) for d in deps]
+        if all(
+            e.get("state") in STEP_FINAL and float(e.get("finished_at") or 0) < before for e in ends
+        ):
+            out.append(step_id)
+    return out
+
+
+def _reissue(
+    app: Celery,
+    store: StateStore,
+    workflow_id: str,
+    step_ids: list[str],
+    done: list[str],
+    keep_going: bool,
+) -> None:
+    kept = store.tickets_of(workflow_id, step_ids)
+    for step_id in step_ids:
+        ticket = kept.get(step_id)
+        if ticket is None:
+            log.error(
+                "workflow %s step %s lost its message and none was kept", workflow_id, step_id
+            )
+            continue
+        tickets.reissue(app, ticket, keep_going=keep_going)
+        log.warning(
+            "workflow %s step %s: %s",
+            workflow_id,
+            step_id,
+            "chain continued after a lost link" if keep_going else "lost message published again",
+        )
+        done.append(f"{workflow_id}/{step_id}")
+
+
+def _unfinished(store: StateStore) -> Iterable[str]:
+    ids = list(store.ids())
+    for start in range(0, len(ids), 500):
+        batch = ids[start : start + 500]
+        with store.redis.pipeline(transaction=False) as pipe:
+            for workflow_id in batch:
+                pipe.hget(store.keys.workflow(workflow_id), "state")
+            states = store.execute(pipe)
+        for workflow_id, state in zip(batch, states, strict=True):
+            text = state.decode() if isinstance(state, bytes) else state
+            if text is not None and text not in WORKFLOW_FINAL:
+                yield workflow_id
+
+
+def _payload_step(raw: bytes | str) -> tuple[str, str] | None:
+    try:
+        return tickets.step_of_payload(json.loads(raw))
+    except (ValueError, TypeError):
+        return None

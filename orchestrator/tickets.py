@@ -1,0 +1,132 @@
+"""Tickets: a copy of the message that runs each step, kept while its workflow runs.
+
+kombu's Redis transport takes a message off its queue (BRPOP) before it records it as
+unacknowledged. If the connection breaks in between — Redis restarting, a network blip,
+the worker SIGKILLed — the message is gone, and with it the rest of its chain or chord,
+which travels inside it; Celery cannot tell. So treadle keeps each step message it
+publishes, and recovery (``orchestrator.orphans``) can publish exactly that message again:
+same task id, same chain, same chord. A second copy is harmless (a step runs once).
+
+Copies are taken in Celery's ``before_task_publish`` signal: by the worker for the links
+it publishes, and inside ``capture()`` by whoever dispatches a workflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from celery import Celery
+from celery.app.amqp import task_message
+from celery.signals import before_task_publish
+
+from orchestrator.store import StateStore
+
+log = logging.getLogger("treadle.tickets")
+
+# A message re-issued for a step that already succeeded: continue its chain or chord as
+# if it had just run (see StepRuntime), instead of stopping there as a duplicate does.
+KEEP_GOING_HEADER = "treadle_keep_going"
+
+_local = threading.local()
+_lock = threading.Lock()
+_default_store: Callable[[], StateStore] | None = None
+_connected = False
+
+
+def step_of(body: Any) -> tuple[str, str] | None:
+    """(workflow id, step id) if ``body`` (Celery protocol 2) is a step message."""
+    if not isinstance(body, (list, tuple)) or not body:
+        return None
+    args = body[0]
+    if isinstance(args, (list, tuple)) and len(args) == 2 and all(isinstance(a, str) for a in args):
+        return str(args[0]), str(args[1])
+    return None
+
+
+def step_of_payload(payload: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The same for a message as kombu stores it in Redis (a queue or ``unacked``)."""
+    try:
+        body = payload["body"]
+        if payload["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return step_of(json.loads(body))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def use_by_default(store: Callable[[], StateStore]) -> None:
+    """Keep a ticket of every step message this process publishes (worker processes)."""
+    global _default_store
+    _default_store = store
+    _connect()
+
+
+@contextlib.contextmanager
+def capture(store: StateStore) -> Iterator[None]:
+    """Keep tickets of the step messages published in this block (dispatching)."""
+    _connect()
+    previous = getattr(_local, "store", None)
+    _local.store = store
+    try:
+        yield
+    finally:
+        _local.store = previous
+
+
+def reissue(app: Celery, ticket: Mapping[str, Any], keep_going: bool = False) -> None:
+    """Publish a kept message again."""
+    headers = dict(ticket["headers"])
+    if keep_going:
+        headers[KEEP_GOING_HEADER] = True
+    message = task_message(headers, dict(ticket["properties"]), tuple(ticket["body"]), None)
+    with app.producer_or_acquire() as producer:
+        app.amqp.send_task_message(
+            producer,
+            headers["task"],
+            message,
+            exchange=ticket["exchange"],
+            routing_key=ticket["routing_key"],
+            retry=True,
+            retry_policy=app.conf.task_publish_retry_policy,
+        )
+
+
+def _connect() -> None:
+    global _connected
+    with _lock:
+        if not _connected:
+            before_task_publish.connect(_keep, weak=False)
+            _connected = True
+
+
+def _keep(
+    body: Any = None,
+    exchange: Any = None,
+    routing_key: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    properties: Mapping[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    store = getattr(_local, "store", None)
+    if store is None and _default_store is not None:
+        store = _default_store()
+    step = step_of(body)
+    if store is None or step is None or not headers or headers.get(KEEP_GOING_HEADER):
+        return
+    ticket = {
+        "headers": dict(headers),
+        "properties": dict(properties or {}),
+        "body": body,
+        "exchange": getattr(exchange, "name", exchange) or "",
+        "routing_key": routing_key or "",
+    }
+    try:
+        store.keep_ticket(step[0], step[1], json.dumps(ticket))
+    except Exception:  # publishing goes on; only a later loss would go unrepaired
+        log.exception("could not keep the message of workflow %s step %s", *step)

@@ -1,0 +1,80 @@
+"""Network faults between a client and a real Redis, for tests of what survives them."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from types import TracebackType
+
+
+class CuttingProxy:
+    """A TCP proxy in front of Redis that can drop a connection right after the server
+    answered a command, before the client reads the answer: the command ran, the caller
+    cannot know. ``cut_reply_to(b"EVALSHA")`` arms it for the next such command."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1"):
+        self.target = (host, target_port)
+        self._listener = socket.create_server((host, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._command: bytes | None = None
+        self._armed = threading.Event()
+        self._closed = threading.Event()
+        self.cuts = 0
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.target[0]}:{self.port}/0"
+
+    def cut_reply_to(self, command: bytes) -> None:
+        self._command = command
+
+    def __enter__(self) -> CuttingProxy:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed.set()
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            with self._lock:
+                self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if not replies and self._command is not None and self._command in chunk:
+                    self._command = None
+                    self._armed.set()
+                elif replies and self._armed.is_set():
+                    self._armed.clear()
+                    self.cuts += 1
+                    break  # the reply is dropped with the connection
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
