@@ -11,7 +11,9 @@ was waiting then:
   anywhere (queues, ``unacked``, the delayed set): its ticket is published again;
 - not started, every dependency ended before the disruption, not a counter step (those
   have their own repair), and no message for it: its dependencies' tickets are published
-  again with the keep-going header, so that their chains and chords continue.
+  again with the keep-going header, so that their chains and chords continue;
+- a fan-out whose items all ended before the disruption and whose join has no message:
+  the join's ticket is published again.
 
 A step whose message was only on its way at that moment gets a second copy: harmless,
 a step runs once. The look costs a scan of the queues, so it runs only after a disruption.
@@ -58,7 +60,7 @@ def present_steps(store: StateStore) -> set[tuple[str, str]]:
             payload = json.loads(raw)[0]
         except (ValueError, TypeError, KeyError, IndexError):
             continue
-        found.add(tickets.step_of_payload(payload))
+        found.add(tickets.key_of_payload(payload))
     for message_id in redis.hkeys(store.keys.delayed_entries):
         text = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
         workflow_id, _, rest = text.partition("/")
@@ -75,27 +77,40 @@ def repair(app: Celery, store: StateStore, before: float) -> OrphanReport:
         records = store.step_records(workflow_id)
         lost, running, pending = [], [], []
         for step_id, record in records.items():
+            state = record.get("state")
+            if state == StepState.running:
+                running.append(step_id)  # a fan-out's join may be missing even if it is not
             if (workflow_id, step_id) in present:
                 continue
-            state = record.get("state")
-            queued_at = float(record.get("queued_at") or 0)
-            if state in (StepState.queued, StepState.retrying) and queued_at < before:
-                lost.append(step_id)
-            elif state == StepState.running and not store.worker_alive(
-                record.get("incarnation") or ""
-            ):
-                running.append(step_id)
+            if state in (StepState.queued, StepState.retrying):
+                if float(record.get("queued_at") or 0) < before:
+                    lost.append(step_id)
+            elif state == StepState.running:
+                if not store.worker_alive(record.get("incarnation") or ""):
+                    lost.append(step_id)
             elif state == StepState.pending:
                 pending.append(step_id)
         defs = store.step_defs_of(workflow_id, running + pending)
-        # A fan-out stays running while its items run; its items have their own messages.
-        lost += [s for s in running if not defs.get(s, {}).get("for_each")]
-        deps = sorted(
-            {d for s in _stalled(pending, defs, records, before) for d in defs[s]["after"]}
-        )
+        fan_outs = {s for s in running if defs.get(s, {}).get("for_each")}
+        # A fan-out stays running while its items run: what it may lack is its join.
+        lost = [s for s in lost if s not in fan_outs] + [
+            join
+            for s in sorted(fan_outs)
+            if (workflow_id, join := f"{s}{tickets.JOIN_SUFFIX}") not in present
+            and _items_ended(s, records, before)
+        ]
+        stalled = _stalled(pending, defs, records, before)
+        deps = sorted({d for s in stalled for d in defs[s]["after"]})
         _reissue(app, store, workflow_id, lost, report.reissued, keep_going=False)
         _reissue(app, store, workflow_id, deps, report.continued, keep_going=True)
     return report
+
+
+def _items_ended(parent: str, records: dict[str, dict[str, Any]], before: float) -> bool:
+    items = [r for sid, r in records.items() if sid.startswith(f"{parent}[")]
+    return bool(items) and all(
+        r.get("state") in STEP_FINAL and float(r.get("finished_at") or 0) < before for r in items
+    )
 
 
 def _stalled(
@@ -130,6 +145,13 @@ def _reissue(
     kept = store.tickets_of(workflow_id, step_ids)
     for step_id in step_ids:
         ticket = kept.get(step_id)
+        if ticket is None and step_id.endswith(tickets.JOIN_SUFFIX):
+            # The join was never published (its worker died before the chord fired): the
+            # items, going on from where they ended, fire it.
+            parent = step_id.removesuffix(tickets.JOIN_SUFFIX)
+            items = [s for s in store.step_records(workflow_id) if s.startswith(f"{parent}[")]
+            _reissue(app, store, workflow_id, items, done, keep_going=True)
+            continue
         if ticket is None:
             log.error(
                 "workflow %s step %s lost its message and none was kept", workflow_id, step_id
@@ -161,6 +183,6 @@ def _unfinished(store: StateStore) -> Iterable[str]:
 
 def _payload_step(raw: bytes | str) -> tuple[str, str] | None:
     try:
-        return tickets.step_of_payload(json.loads(raw))
+        return tickets.key_of_payload(json.loads(raw))
     except (ValueError, TypeError):
         return None

@@ -17,7 +17,7 @@ import logging
 import time
 
 from orchestrator.store import StateStore, lua_script
-from orchestrator.tickets import step_of_payload
+from orchestrator.tickets import key_of_payload
 
 log = logging.getLogger("treadle.recovery")
 
@@ -43,7 +43,7 @@ def restore_stranded(
             payload, _exchange, routing_key = json.loads(raw)
         except (ValueError, TypeError):
             continue
-        step = step_of_payload(payload)
+        step = key_of_payload(payload)
         if step is None:
             continue  # not a step message: kombu restores it after the visibility timeout
         workflow_id, step_id = step

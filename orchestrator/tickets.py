@@ -29,6 +29,9 @@ from orchestrator.store import StateStore
 
 log = logging.getLogger("treadle.tickets")
 
+# Where the join of a fan-out keeps its ticket ("/" is not allowed in step ids).
+JOIN_SUFFIX = "/join"
+
 # A message re-issued for a step that already succeeded: continue its chain or chord as
 # if it had just run (see StepRuntime), instead of stopping there as a duplicate does.
 KEEP_GOING_HEADER = "treadle_keep_going"
@@ -49,13 +52,29 @@ def step_of(body: Any) -> tuple[str, str] | None:
     return None
 
 
-def step_of_payload(payload: Mapping[str, Any]) -> tuple[str, str] | None:
+def key_of(body: Any) -> tuple[str, str] | None:
+    """(workflow id, ticket key): a step's id, or for the join of fan-out P ``P/join``."""
+    step = step_of(body)
+    if step is not None:
+        return step
+    args = body[0] if isinstance(body, (list, tuple)) and body else None
+    if (
+        isinstance(args, (list, tuple))
+        and len(args) == 3
+        and all(isinstance(a, str) for a in args[:2])
+        and isinstance(args[2], int)
+    ):
+        return str(args[0]), f"{args[1]}{JOIN_SUFFIX}"
+    return None
+
+
+def key_of_payload(payload: Mapping[str, Any]) -> tuple[str, str] | None:
     """The same for a message as kombu stores it in Redis (a queue or ``unacked``)."""
     try:
         body = payload["body"]
         if payload["properties"].get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        return step_of(json.loads(body))
+        return key_of(json.loads(body))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
@@ -90,7 +109,9 @@ def reissue(app: Celery, ticket: Mapping[str, Any], keep_going: bool = False) ->
             producer,
             headers["task"],
             message,
-            exchange=ticket["exchange"],
+            # Routed through its queue's declaration, as Celery does for a new message.
+            queue=ticket["routing_key"],
+            exchange=ticket["exchange"] or None,
             routing_key=ticket["routing_key"],
             retry=True,
             retry_policy=app.conf.task_publish_retry_policy,
@@ -116,7 +137,7 @@ def _keep(
     store = getattr(_local, "store", None)
     if store is None and _default_store is not None:
         store = _default_store()
-    step = step_of(body)
+    step = key_of(body)
     if store is None or step is None or not headers or headers.get(KEEP_GOING_HEADER):
         return
     ticket = {

@@ -1,0 +1,223 @@
+"""Redis going away under a running system, and the messages that can be lost with it.
+
+Each test runs its own small stack on its own embedded Redis (AOF, appendfsync always).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from config.settings import Settings
+from config.topology import PRIORITY_ORDER, PriorityClass
+from ops.chaos.run import workflow as chaos_workflow
+from ops.chaos.tasks import CALLS, LEDGER
+from orchestrator.client import Client
+from orchestrator.stack import Stack, WorkerSpec, host_name
+from orchestrator.states import WORKFLOW_FINAL
+from orchestrator.store import Change
+from orchestrator.tickets import key_of_payload
+from tests.conftest import TEST_MODULES, wait_until
+
+pytestmark = pytest.mark.e2e
+
+QUICK = {
+    "sweep_interval_s": 0.5,
+    "recovery_after_s": 2.0,
+    "worker_lost_after_s": 3.0,
+    "stranded_message_after_s": 2.0,
+}
+
+
+def make_stack(home: Path, workers: list[WorkerSpec]) -> tuple[Stack, Client]:
+    settings = Settings(home=home, task_modules=f"{TEST_MODULES},ops.chaos.tasks", **QUICK)  # type: ignore[arg-type]
+    env = {f"TREADLE_{name.upper()}": str(value) for name, value in QUICK.items()}
+    stack = Stack(settings, workers=workers, extra_env=env).__enter__()
+    return stack, Client.connect(settings, stack.redis_url)
+
+
+@pytest.fixture
+def idle_stack(tmp_path: Path) -> Iterator[tuple[Stack, Client]]:
+    """The orchestrator, and no worker yet: messages stay on their queues."""
+    stack, client = make_stack(tmp_path / "home", [])
+    yield stack, client
+    client.close()
+    stack.stop()
+
+
+def effect(step_id: str, after: list[str] | None = None) -> dict[str, Any]:
+    return {"id": step_id, "task": "chaos.effect", "args": {"work_s": 0.01}, "after": after or []}
+
+
+def take_message(r: redis.Redis, queue: str, workflow_id: str, step_id: str) -> None:
+    """Remove a step's message from its queue: what a BRPOP whose reply never arrived does."""
+    for raw in r.lrange(queue, 0, -1):
+        if key_of_payload(json.loads(raw)) == (workflow_id, step_id):
+            assert r.lrem(queue, 1, raw) == 1  # type: ignore[arg-type]
+            return
+    pytest.fail(f"no message for {workflow_id}/{step_id} on {queue}")
+
+
+def start_default_worker(stack: Stack) -> None:
+    spec = WorkerSpec(PriorityClass.default, 1, 2)
+    stack.start_worker(spec)
+    stack.wait_ready([spec.node_name(host_name())])
+
+
+def effects(r: redis.Redis) -> tuple[dict[str, int], int]:
+    ledger = {str(k, "utf-8"): int(v) for k, v in r.hgetall(LEDGER).items()}  # type: ignore[arg-type]
+    return ledger, int(r.llen(CALLS))
+
+
+def test_a_message_lost_on_its_way_to_a_worker_is_published_again(
+    idle_stack: tuple[Stack, Client],
+) -> None:
+    stack, client = idle_stack
+    spec = {
+        "name": "lost-on-the-way",
+        "steps": [effect("a"), effect("b", ["a"]), effect("c", ["b"])],
+    }
+    workflow_id = client.submit(spec)
+    r = redis.Redis.from_url(stack.redis_url)
+    take_message(r, "default", workflow_id, "a")
+    # A worker whose connection broke just then reconnects and says so.
+    client.orchestrator.store.mark_disrupted(time.time())
+    start_default_worker(stack)
+    status = client.wait(workflow_id, timeout_s=60)
+    assert status["state"] == "succeeded"
+    ledger, calls = effects(r)
+    assert sorted(ledger) == [f"{workflow_id}:{s}" for s in ("a", "b", "c")]
+    assert calls == 3  # the chain went on from the re-published message: nothing twice
+    assert client.audit(workflow_id).ok
+
+
+def test_a_chain_cut_by_a_dying_worker_goes_on_without_running_the_step_again(
+    idle_stack: tuple[Stack, Client],
+) -> None:
+    stack, client = idle_stack
+    workflow_id = client.submit(
+        {"name": "cut-chain", "steps": [effect("a"), effect("b", ["a"]), effect("c", ["b"])]}
+    )
+    r = redis.Redis.from_url(stack.redis_url)
+    # A worker took `a`, ran it, recorded it and died before publishing `b`.
+    take_message(r, "default", workflow_id, "a")
+    store = client.orchestrator.store
+    now = time.time()
+    store.apply(
+        workflow_id,
+        [Change("a", "queued", "running", {"attempts": 1, "started_at": now}, {"at": now})],
+    )
+    store.apply(
+        workflow_id,
+        [Change("a", "running", "succeeded", {"finished_at": now}, {"at": now}, "true")],
+    )
+    store.mark_disrupted(time.time())
+    start_default_worker(stack)
+    status = client.wait(workflow_id, timeout_s=60)
+    assert status["state"] == "succeeded"
+    ledger, calls = effects(r)
+    # `a` was not run again: its (simulated) run left no effect, and none was added.
+    assert sorted(ledger) == [f"{workflow_id}:{s}" for s in ("b", "c")]
+    assert calls == 2
+    assert client.audit(workflow_id).ok
+
+
+def test_a_copy_of_a_running_step_waits_instead_of_running_it_twice(
+    idle_stack: tuple[Stack, Client],
+) -> None:
+    stack, client = idle_stack
+    start_default_worker(stack)
+    workflow_id = client.submit(
+        {
+            "name": "copy-while-running",
+            "steps": [
+                {"id": "slow", "task": "chaos.effect", "args": {"work_s": 2.0}},
+                effect("next", ["slow"]),
+            ],
+        }
+    )
+    r = redis.Redis.from_url(stack.redis_url)
+    store = client.orchestrator.store
+
+    def running_message() -> Any:
+        if store.step_records_of(workflow_id, ["slow"])["slow"]["state"] != "running":
+            return None
+        for raw in r.hvals("unacked"):
+            payload, _exchange, routing_key = json.loads(raw)
+            if key_of_payload(payload) == (workflow_id, "slow"):
+                return payload, routing_key
+        return None
+
+    payload, routing_key = wait_until(running_message, 20, "slow to be running")
+    # What kombu does when a worker's connection drops while it runs a step and Redis is
+    # back at once: it puts the message back, and another worker process takes it.
+    payload["headers"]["redelivered"] = True
+    r.lpush(routing_key, json.dumps(payload))
+    recheck = f"{workflow_id}/slow/recheck"
+    wait_until(lambda: r.zscore(store.keys.delayed, recheck) is not None, 10, "the copy to wait")
+    status = client.wait(workflow_id, timeout_s=60)
+    assert status["state"] == "succeeded"
+    # The copy looks again after the step ended, and is dropped.
+    wait_until(
+        lambda: (
+            not r.hexists(store.keys.delayed_entries, recheck)
+            and r.llen("default") == 0
+            and r.hlen("unacked") == 0
+        ),
+        30,
+        "the copy to be looked at again and acknowledged",
+    )
+    ledger, calls = effects(r)
+    assert calls == 2 and len(ledger) == 2  # slow once, next once
+    assert client.audit(workflow_id).ok
+
+
+def test_redis_crashing_under_load_loses_no_acknowledged_submission(tmp_path: Path) -> None:
+    stack, client = make_stack(tmp_path / "home", [WorkerSpec(k, 1, 2) for k in PRIORITY_ORDER])
+    try:
+        rng = random.Random(7)
+        crashes: list[float] = []
+        stop = threading.Event()
+
+        def crash_redis() -> None:
+            while not stop.wait(rng.uniform(1.5, 3.0)) and len(crashes) < 3:
+                stack.restart_redis(crash=True)
+                crashes.append(time.monotonic())
+
+        crasher = threading.Thread(target=crash_redis)
+        crasher.start()
+        # Every id returned here was acknowledged: each of these workflows must finish.
+        ids = [client.submit(chaos_workflow(i, rng)) for i in range(40)]
+        crasher.join()
+        assert len(crashes) == 3
+        pending = set(ids)
+        deadline = time.monotonic() + 120
+        while pending and time.monotonic() < deadline:
+            pending = {w for w in pending if client.status(w)["state"] not in WORKFLOW_FINAL}
+            time.sleep(0.2)
+        assert not pending, f"{len(pending)} workflows never finished"
+        r = redis.Redis.from_url(stack.redis_url)
+        succeeded = set()
+        for workflow_id in ids:
+            status = client.status(workflow_id)
+            assert status["state"] == "succeeded", status
+            assert client.audit(workflow_id).ok
+            fan_outs = {s["item_of"] for s in status["steps"] if "item_of" in s}
+            succeeded |= {
+                f"{workflow_id}:{s['id']}"
+                for s in status["steps"]
+                if s["task"] == "chaos.effect" and s["id"] not in fan_outs
+            }
+        ledger, _calls = effects(r)
+        assert set(ledger) == succeeded  # every effect applied, none for a step not done
+    finally:
+        client.close()
+        stack.stop()
