@@ -1,9 +1,10 @@
 """Messages a dead worker took with it, given back long before the visibility timeout.
 
 With late acknowledgement a message stays in kombu's ``unacked`` hash while a worker
-holds it; if the whole worker dies (SIGKILL of its main process, a lost host) nothing
-returns it until the visibility timeout, which must exceed the longest hard time limit
-(hours). Every worker keeps a heartbeat key alive in Redis; the recovery sweep puts a
+holds it; if the whole worker dies (SIGKILL of its main process, a lost host), or drops
+what it had prefetched when its broker connection breaks (kombu cannot put it back while
+Redis is away), nothing returns it until the visibility timeout, which must exceed the
+longest hard time limit (hours). Every worker keeps a heartbeat key alive in Redis; the recovery sweep puts a
 message back on its queue once it has been unacked for a while and either its step has
 not started (a prefetched message: a second copy is harmless, a step is claimed once) or
 the worker that started it has no heartbeat any more. The late redelivery kombu still
@@ -17,7 +18,7 @@ import logging
 import time
 
 from orchestrator.store import StateStore, lua_script
-from orchestrator.tickets import key_of_payload
+from orchestrator.tickets import JOIN_SUFFIX, key_of_payload
 
 log = logging.getLogger("treadle.recovery")
 
@@ -63,6 +64,10 @@ def restore_stranded(
 
 
 def _abandoned(store: StateStore, workflow_id: str, step_id: str) -> bool:
+    if step_id.endswith(JOIN_SUFFIX):
+        # A join takes milliseconds and a second one does nothing: held this long, it was
+        # dropped by a worker that lost its connection.
+        return True
     record = store.step_records_of(workflow_id, [step_id]).get(step_id)
     if record is None:
         return False
