@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --no-cache --check orchestrator workers config tests ops
 
 chaos: $(STAMP)
-	$(BIN)/python ops/chaos/run.py
+	$(BIN)/python ops/chaos/run.py --kill-every 2 --redis-crash-every 5
 
 bench-makespan: $(STAMP)
 	$(BIN)/python ops/bench/makespan.py
