@@ -4,11 +4,12 @@ With late acknowledgement a message stays in kombu's ``unacked`` hash while a wo
 holds it; if the whole worker dies (SIGKILL of its main process, a lost host), or drops
 what it had prefetched when its broker connection breaks (kombu cannot put it back while
 Redis is away), nothing returns it until the visibility timeout, which must exceed the
-longest hard time limit (hours). Every worker keeps a heartbeat key alive in Redis; the recovery sweep puts a
-message back on its queue once it has been unacked for a while and either its step has
-not started (a prefetched message: a second copy is harmless, a step is claimed once) or
-the worker that started it has no heartbeat any more. The late redelivery kombu still
-makes after the visibility timeout then finds the step finished and is ignored.
+longest hard time limit (hours). Every worker keeps a heartbeat key alive in Redis; the
+recovery sweep puts a message back on its queue once it has been unacked for a while and
+either its step has not started (a prefetched message: a second copy is harmless, a step
+is claimed once) or the worker that started it has no heartbeat any more. The late
+redelivery kombu still makes after the visibility timeout then finds the step finished
+and is ignored.
 """
 
 from __future__ import annotations
