@@ -157,13 +157,28 @@ def _parse_param(text: str) -> tuple[str, Any]:
 @click.option("--priority", type=PRIORITIES, help="Override the spec's priority class.")
 @click.option("--wait", is_flag=True, help="Wait for the end, with live progress.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"id": ...} (and the state).')
+@click.option(
+    "--retry-refused",
+    "retry_refused_s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="If refused by backpressure, try again (with backoff) for up to this long.",
+)
 def submit(
-    file: Path, params: Sequence[str], priority: str | None, wait: bool, as_json: bool
+    file: Path,
+    params: Sequence[str],
+    priority: str | None,
+    wait: bool,
+    as_json: bool,
+    retry_refused_s: float,
 ) -> None:
-    """Validate, store and enqueue a workflow."""
+    """Validate, store and enqueue a workflow (exit 3 if refused by backpressure)."""
     overrides = dict(_parse_param(p) for p in params)
     with _client() as client:
-        done = client.submit_detailed(file, params=overrides, priority=priority)
+        done = client.submit_detailed(
+            file, params=overrides, priority=priority, retry_refused_s=retry_refused_s
+        )
         if not wait:
             if as_json:
                 click.echo(json.dumps({"id": done.id}))

@@ -9,6 +9,8 @@ with Client.connect() as client:
 from __future__ import annotations
 
 import builtins
+import itertools
+import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,9 +21,17 @@ from config.settings import Settings, get_settings
 from orchestrator.audit import chain_problems
 from orchestrator.audit_report import AuditReport, audit
 from orchestrator.dead_letters import DeadLetters
+from orchestrator.errors import Refused
 from orchestrator.service import Orchestrator, Submission, with_overrides
 from orchestrator.states import WORKFLOW_FINAL
 from orchestrator.validate import load_spec_file
+
+
+def backoff_s(retry_after_s: float, tries: int, random_fraction: float) -> float:
+    """How long to wait before submitting again: what the refusal asked for, growing
+    with each refusal in a row, plus jitter so refused clients do not return together."""
+    base = retry_after_s * (1 << min(tries, 3))
+    return base + base * 0.5 * random_fraction
 
 
 class Client:
@@ -52,12 +62,17 @@ class Client:
         *,
         params: Mapping[str, Any] | None = None,
         priority: str | None = None,
+        retry_refused_s: float = 0.0,
     ) -> str:
         """Submit a spec (a mapping, or the path of a YAML/JSON file); returns its id.
 
-        A spec whose ``idempotency_key`` was submitted before returns the first id.
+        A spec whose ``idempotency_key`` was submitted before returns the first id. A
+        submission refused by backpressure raises ``Refused`` (with ``retry_after_s``),
+        unless ``retry_refused_s`` allows trying again for that long.
         """
-        return self.submit_detailed(spec, params=params, priority=priority).id
+        return self.submit_detailed(
+            spec, params=params, priority=priority, retry_refused_s=retry_refused_s
+        ).id
 
     def submit_detailed(
         self,
@@ -65,6 +80,7 @@ class Client:
         *,
         params: Mapping[str, Any] | None = None,
         priority: str | None = None,
+        retry_refused_s: float = 0.0,
     ) -> Submission:
         source = None
         if isinstance(spec, (str, Path)):
@@ -72,7 +88,17 @@ class Client:
             raw = load_spec_file(Path(spec))
         else:
             raw = spec
-        return self.orchestrator.submit(with_overrides(raw, params, priority), source)
+        merged = with_overrides(raw, params, priority)
+        deadline = time.monotonic() + retry_refused_s
+        for tries in itertools.count():
+            try:
+                return self.orchestrator.submit(merged, source)
+            except Refused as refused:
+                wait = backoff_s(refused.retry_after_s, tries, random.random())
+                if time.monotonic() + wait > deadline:
+                    raise
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def status(self, workflow_id: str) -> dict[str, Any]:
         return self.orchestrator.store.status(workflow_id)

@@ -8,6 +8,15 @@
 {p}:wf:{id}:audit      list   transition records, each carrying the hash of the one before
 {p}:workflows          zset   workflow id by submission time
 {p}:idem:{key}         string workflow id submitted under an idempotency key
+{p}:seq                string submission counter (orders steps that share a concurrency key)
+{p}:outstanding        hash   class -> steps queued, running or retrying (admission control);
+                              done:<class> -> steps of that class ever finished
+{p}:<kind>:<name>:*    a shared limit (see orchestrator.flow): kind is res (a topology
+                       resource), key (a concurrency key value) or tenant (<class>:<tenant>)
+{p}:limits:active      set    base keys of limits with holders, waiters or an open circuit
+{p}:lent               hash   worker node -> its loan (JSON: home class, the class it helps,
+                              since): workers told to also consume a busy queue
+{p}:queue_watch:lock   string held by the one orchestrator deciding loans this round
 """
 
 from __future__ import annotations
@@ -81,6 +90,29 @@ class Keys:
         return f"{self.prefix}:disrupted:repaired"
 
     @property
+    def sequence(self) -> str:
+        return f"{self.prefix}:seq"
+
+    @property
+    def outstanding(self) -> str:
+        return f"{self.prefix}:outstanding"
+
+    def limit(self, kind: str, name: str) -> str:
+        """The base of one shared limit's keys; ``lua/flow.lua`` appends ``:state``
+        (bucket and circuit), ``:holders``, ``:owners``, ``:queue`` and ``:parked``."""
+        short = {"resource": "res"}.get(kind, kind)
+        return f"{self.prefix}:{short}:{name}"
+
+    @property
+    def limits_active(self) -> str:
+        return f"{self.prefix}:limits:active"
+
+    @property
+    def limits_reaper(self) -> str:
+        """Held for a moment by the one process that reaps expired permits this round."""
+        return f"{self.prefix}:limits:reaper"
+
+    @property
     def delayed(self) -> str:
         return f"{self.prefix}:delayed"
 
@@ -99,3 +131,13 @@ class Keys:
     @property
     def dead_letters_by_time(self) -> str:
         return f"{self.prefix}:dead_letter:time"
+
+    @property
+    def lent_workers(self) -> str:
+        """Workers lent to a busy queue of a higher class, kept so that any orchestrator
+        (a restarted one, another replica) can give them back."""
+        return f"{self.prefix}:lent"
+
+    @property
+    def queue_watch_lock(self) -> str:
+        return f"{self.prefix}:queue_watch:lock"

@@ -78,6 +78,8 @@ class _StepFields(_Spec):
     trigger: Literal["all_success", "all_done"] = "all_success"
     for_each: StepId | None = None
     max_parallel: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    # Steps whose keys are equal run one at a time, in submission order, across workflows.
+    concurrency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
     @model_validator(mode="after")
     def _max_parallel_needs_for_each(self) -> _StepFields:
@@ -173,6 +175,7 @@ class Step:
     trigger: str = "all_success"
     for_each: str | None = None
     max_parallel: int | None = None
+    concurrency_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -189,6 +192,7 @@ class Step:
             "trigger": self.trigger,
             "for_each": self.for_each,
             "max_parallel": self.max_parallel,
+            "concurrency_key": self.concurrency_key,
         }
 
     @classmethod
@@ -208,6 +212,7 @@ class Step:
             trigger=data.get("trigger") or "all_success",
             for_each=data.get("for_each"),
             max_parallel=data.get("max_parallel"),
+            concurrency_key=data.get("concurrency_key"),
         )
 
 
@@ -272,6 +277,7 @@ def _step_kwargs(s: _StepFields) -> dict[str, Any]:
         "trigger": s.trigger,
         "for_each": s.for_each,
         "max_parallel": s.max_parallel,
+        "concurrency_key": s.concurrency_key,
     }
 
 

@@ -19,10 +19,12 @@ from config.celery_app import make_app, resolve_redis_url
 from config.redis_client import answers, connect
 from config.settings import Settings
 from config.topology import Topology, load_topology
+from orchestrator.admission import Admission
 from orchestrator.compiler import compile_workflow
 from orchestrator.dead_letters import DeadLetters
 from orchestrator.dispatch import dispatch
 from orchestrator.errors import InvalidInput, Problem, Unreachable
+from orchestrator.flow import reservations
 from orchestrator.keys import Keys
 from orchestrator.model import Workflow
 from orchestrator.resume import Resumed, resume
@@ -129,6 +131,7 @@ class Orchestrator:
         self.app = app
         self.store = store
         self.checker = checker
+        self.admission = Admission(store, checker.topology)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis_url: str | None = None) -> Orchestrator:
@@ -155,17 +158,22 @@ class Orchestrator:
         """Validate, store and dispatch; nothing is written unless all of it is valid."""
         workflow = self.checker.check(raw, source)
         compiled = compile_workflow(workflow)
+        if workflow.idempotency_key:
+            # A repeat of an admitted submission is answered, not refused.
+            first = self.store.workflow_for_key(workflow.idempotency_key)
+            if first is not None:
+                return Submission(first, False)
+        self.admission.admit(workflow.priority.value)
         workflow_id = uuid.uuid4().hex
-        stored_id, created = self.store.create(workflow_id, workflow, compiled)
+        defs = step_definitions(workflow, compiled)
+        stored_id, created = self.store.create(
+            workflow_id,
+            workflow,
+            compiled,
+            reservations=reservations(self.store.keys, workflow, defs),
+        )
         if created:
-            dispatch(
-                self.app,
-                self.store,
-                stored_id,
-                compiled,
-                step_definitions(workflow, compiled),
-                workflow.priority.value,
-            )
+            dispatch(self.app, self.store, stored_id, compiled, defs, workflow.priority.value)
         return Submission(stored_id, created)
 
     # -- control ---------------------------------------------------------------------

@@ -19,8 +19,10 @@ import redis
 
 from orchestrator import audit
 from orchestrator.compiler import Compiled, to_json
+from orchestrator.dag import graph_of
 from orchestrator.errors import NotFound, Unreachable
 from orchestrator.keys import Keys
+from orchestrator.limits import ORDER_STRIDE
 from orchestrator.model import Workflow
 from orchestrator.states import StepState, WorkflowState
 
@@ -60,6 +62,16 @@ class Delayed:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """A step's place in the queue of its concurrency key (see ``orchestrator.flow``)."""
+
+    step_id: str
+    base: str  # the key's limit base (Keys.limit)
+    rank: int  # the step's topological rank in its workflow
+    limit_json: str  # the limit as lua/flow.lua reads it
+
+
+@dataclass(frozen=True)
 class Applied:
     steps_done: int
     steps_total: int
@@ -95,6 +107,8 @@ class StepView:
     results: dict[str, Any]
     dependency_states: dict[str, str]
     audit_tail: str
+    tenant: str = ""
+    sequence: int = 0  # the workflow's submission number (orders concurrency-key waiters)
 
 
 def step_definitions(workflow: Workflow, compiled: Compiled) -> dict[str, dict[str, Any]]:
@@ -104,6 +118,17 @@ def step_definitions(workflow: Workflow, compiled: Compiled) -> dict[str, dict[s
         for dep in step.after:
             if step.id in compiled.counters:
                 defs[dep].setdefault("release", []).append(step.id)
+    keyed = [s.id for s in workflow.steps if s.concurrency_key]
+    if keyed:
+        # Steps of one workflow that share a concurrency key take it in dependency order.
+        ranks = {
+            sid: i
+            for i, sid in enumerate(
+                graph_of((s.id, s.after) for s in workflow.steps).topological_order()
+            )
+        }
+        for sid in keyed:
+            defs[sid]["rank"] = ranks[sid]
     for sid in compiled.counters:
         defs[sid]["counter"] = True
         # The dependencies whose end it counts down; all of `after` on a first run, only
@@ -128,10 +153,16 @@ class StateStore:
     # -- writing -------------------------------------------------------------------------
 
     def create(
-        self, workflow_id: str, workflow: Workflow, compiled: Compiled, now: float | None = None
+        self,
+        workflow_id: str,
+        workflow: Workflow,
+        compiled: Compiled,
+        now: float | None = None,
+        reservations: Sequence[Reservation] = (),
     ) -> tuple[str, bool]:
         """Store a new workflow; returns (id, True), or (first id, False) when its
-        idempotency key was used before."""
+        idempotency key was used before. ``reservations`` are places in the queues of
+        concurrency keys, taken in the same step, so submission order is their order."""
         now = time.time() if now is None else now
         fields = {
             "id": workflow_id,
@@ -166,7 +197,7 @@ class StateStore:
             audit.GENESIS,
         )
         idem = self.keys.idempotency(workflow.idempotency_key) if workflow.idempotency_key else ""
-        outcome, wid = self._call(
+        outcome, wid = self.run_script(
             self._create,
             keys=[
                 self.keys.workflow(workflow_id),
@@ -188,6 +219,15 @@ class StateStore:
                 self.state_ttl_s,
                 self.keys.workflow(""),
                 json.dumps(waiting),
+                self.keys.sequence,
+                ORDER_STRIDE,
+                json.dumps(
+                    [
+                        [r.base, r.rank, f"{workflow_id}/{r.step_id}", r.limit_json]
+                        for r in reservations
+                    ]
+                ),
+                self.keys.limits_active,
             ],
         )
         return _text(wid), _text(outcome) == "created"
@@ -211,6 +251,7 @@ class StateStore:
             self.keys.delayed_entries,
             self.keys.dead_letters,
             self.keys.dead_letters_by_time,
+            self.keys.outstanding,
         ]
         if tail is None:
             tail = _text(self._guard(lambda: self.redis.hget(keys[0], "audit_tail")) or b"")
@@ -242,7 +283,7 @@ class StateStore:
                     change.delayed.encode() if change.delayed is not None else "",
                     _encode_letter(change.dead_letter),
                 ]
-            reply = self._call(
+            reply = self.run_script(
                 self._transition, keys=keys, args=[tail, prev, len(changes), token, *args]
             )
             status = _text(reply[0])
@@ -268,7 +309,14 @@ class StateStore:
             pipe.hget(k.defs(workflow_id), step_id)
             pipe.hget(k.steps(workflow_id), step_id)
             pipe.hmget(
-                k.workflow(workflow_id), "state", "priority", "on_failure", "params", "audit_tail"
+                k.workflow(workflow_id),
+                "state",
+                "priority",
+                "on_failure",
+                "params",
+                "audit_tail",
+                "tenant",
+                "seq",
             )
             raw_def, raw_record, wf = self.execute(pipe)
         if raw_def is None or raw_record is None or wf[0] is None:
@@ -298,7 +346,18 @@ class StateStore:
             results=results,
             dependency_states=dep_states,
             audit_tail=_text(wf[4] or b""),
+            tenant=_text(wf[5]),
+            sequence=int(wf[6] or 0),
         )
+
+    def workflow_for_key(self, idempotency_key: str) -> str | None:
+        """The workflow first submitted under this idempotency key, if it still exists."""
+        first = self._guard(lambda: self.redis.get(self.keys.idempotency(idempotency_key)))
+        if first is None:
+            return None
+        workflow_id = _text(first)
+        exists = self._guard(lambda: self.redis.exists(self.keys.workflow(workflow_id)))
+        return workflow_id if exists else None
 
     def workflow_fields(self, workflow_id: str) -> dict[str, str]:
         raw = self._guard(lambda: self.redis.hgetall(self.keys.workflow(workflow_id)))
@@ -374,6 +433,8 @@ class StateStore:
                     "error": record.get("error"),
                     **({"item_of": definition["item_of"]} if "item_of" in definition else {}),
                     **({"skip_reason": record["skip_reason"]} if "skip_reason" in record else {}),
+                    # A queued step held back by a shared limit (orchestrator.flow).
+                    **({"waiting_for": record["waiting_for"]} if record.get("waiting_for") else {}),
                 }
             )
         return {
@@ -472,7 +533,7 @@ class StateStore:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         return self._guard(lambda: script(keys=keys, args=args))
 
     def execute(self, pipe: Any) -> list[Any]:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from orchestrator.conditions import ConditionError, parse_condition
 from orchestrator.dag import CycleError, Graph
 from orchestrator.errors import InvalidInput, Problem
+from orchestrator.limits import KeyTemplateError, needs_item, render_key
 from orchestrator.model import (
     ParallelBlock,
     SequentialBlock,
@@ -250,12 +251,28 @@ def _step_problems(
                 f"{step.timeout_s} s is longer than the longest allowed "
                 f"({limits.max_step_timeout_s} s, TREADLE_MAX_STEP_TIMEOUT_S)",
             )
+        if step.concurrency_key is not None:
+            yield from _key_problems(step, workflow.params)
         for i, name in enumerate(step.resources):
             if name not in resources:
                 yield Problem(
                     f"{step.where}.resources[{i}]",
                     f"unknown resource {name!r}{_hint(name, resources)}",
                 )
+
+
+def _key_problems(step: Step, params: Mapping[str, Any]) -> Iterable[Problem]:
+    """A concurrency key must be fillable now from params and args; an item field only
+    on a fan-out step, where it is filled in for each item."""
+    where, template = f"{step.where}.concurrency_key", step.concurrency_key or ""
+    try:
+        if needs_item(template) and not step.for_each:
+            yield Problem(where, "reads {item}, but only a for_each step has items")
+            return
+        if not needs_item(template):
+            render_key(template, params, step.args)
+    except KeyTemplateError as exc:
+        yield Problem(where, str(exc))
 
 
 def _condition_problems(step: Step) -> Iterable[Problem]:

@@ -15,9 +15,11 @@ from celery.signals import before_task_publish
 from config.celery_app import make_app
 from config.redis_client import connect
 from config.settings import Settings
+from config.topology import load_topology
 from orchestrator import tickets
 from orchestrator.dead_letters import DeadLetters
 from orchestrator.errors import NotFound
+from orchestrator.flow import FlowControl
 from orchestrator.keys import Keys
 from orchestrator.states import StepState
 from orchestrator.store import Change, Conflict, StateStore
@@ -57,6 +59,7 @@ class _PerProcess:
                 incarnation=self.incarnation,
                 # As often as heartbeats are sent: a lost attempt is seen within that.
                 recheck_s=self.settings.worker_lost_after_s / 3,
+                flow=FlowControl(store, load_topology(self.settings.topology)),
             )
             self._pid = os.getpid()
         return self._runtime

@@ -14,8 +14,9 @@ import logging
 import random
 import time
 import traceback
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Task
@@ -30,6 +31,8 @@ from orchestrator.delays import DelayedMessages
 from orchestrator.dispatch import publish_steps
 from orchestrator.errors import Permanent, StepError
 from orchestrator.finish import finish_workflow
+from orchestrator.flow import FAILURE, NO_VERDICT, SUCCESS, FlowControl, Waiting
+from orchestrator.limits import KeyTemplateError, Limit
 from orchestrator.model import RetryPolicy
 from orchestrator.states import STEP_FINAL, STEP_NOT_STARTED, WORKFLOW_FINAL, StepState
 from orchestrator.store import Applied, Change, Conflict, Delayed, StateStore, StepView
@@ -57,6 +60,8 @@ class _Attempt:
     definition: TaskDefinition
     call: StepCall
     refusal: str | None = None  # the step cannot run (a broken condition): fail it
+    limits: list[Limit] = field(default_factory=list)  # taken for this attempt
+    released: bool = False
 
 
 class _AlreadyEnded(Exception):
@@ -82,12 +87,14 @@ class StepRuntime:
         hooks: Sequence[StepHook] = (),
         incarnation: str = "",
         recheck_s: float = 5.0,
+        flow: FlowControl | None = None,
     ):
         self.store = store
         self.registry = registry
         self.hooks = list(hooks)
         self.incarnation = incarnation  # whose heartbeat says this worker still lives
         self.recheck_s = recheck_s  # how soon a copy of a running step looks again
+        self.flow = flow  # shared limits (resources, concurrency keys, tenant caps)
 
     def execute(self, task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
         """Run one step for the Celery task ``task``; what Celery stores as its result."""
@@ -100,6 +107,12 @@ class StepRuntime:
             # one skipped and apply their own trigger rule.
             self._continue(task, skipped.view, skipped.applied)
             return {"workflow_id": workflow_id, "step_id": step_id, "state": "skipped"}
+        try:
+            return self._run(task, attempt)
+        finally:
+            self._release(attempt, NO_VERDICT)  # if no outcome gave its limits back yet
+
+    def _run(self, task: Task, attempt: _Attempt) -> dict[str, Any]:
         for hook in self.hooks:
             hook.before_run(attempt.call)
         started = time.monotonic()
@@ -122,9 +135,11 @@ class StepRuntime:
         except Conflict:
             # Cancelled (with --terminate) while it ran: the result is not recorded.
             raise Ignore() from None
+        self._release(attempt, SUCCESS)
         self._after(lambda h: h.after_success(attempt.call, result_json, elapsed))
         self._continue(task, attempt.view, applied)
-        return {"workflow_id": workflow_id, "step_id": step_id, "state": "succeeded"}
+        call = attempt.call
+        return {"workflow_id": call.workflow_id, "step_id": call.step_id, "state": "succeeded"}
 
     def _succeed(
         self, attempt: _Attempt, result_json: str, now: float, compensated: str | None
@@ -170,18 +185,7 @@ class StepRuntime:
         for _ in range(_CLAIM_ATTEMPTS):
             view = self.store.load_step(workflow_id, step_id)
             state = StepState(view.record["state"])
-            if state in STEP_FINAL:
-                if state in _GOES_ON and getattr(task.request, KEEP_GOING_HEADER, False):
-                    raise _AlreadyEnded(state)
-                # Already decided (a duplicate, or stopped by cancel or policy): acknowledge
-                # without running and without continuing the chain.
-                raise Ignore()
-            if state == StepState.running and not self._attempt_lost(view):
-                self._recheck_later(task, view)
-                raise Ignore()
-            if view.workflow_state in WORKFLOW_FINAL:
-                self._stop_unstarted(view)
-                raise Ignore()
+            self._refuse_unrunnable(task, view, state)
             try:
                 refusal = self._gate(view, state)
             except Conflict:
@@ -195,42 +199,19 @@ class StepRuntime:
                 # worker, say): dead-letter it instead of trying forever.
                 attempt_no -= 1
                 refusal = f"the worker was lost during attempt {attempt_no}; no attempts left"
+            limits: list[Limit] = []
+            if refusal is None:
+                limits, refusal = self._take_limits(task, view, state)
             worker = task.request.hostname or ""
-            input_sha = audit.sha256_of(
-                {
-                    "params": view.params,
-                    "args": view.definition.get("args", {}),
-                    "results": view.results,
-                }
-            )
-            now = time.time()
-            fields: dict[str, Any] = {
-                "attempts": attempt_no,
-                "started_at": now,
-                "worker": worker,
-                "incarnation": self.incarnation,
-                "task_id": task.request.id,
-                "input_sha256": input_sha,
-                "finished_at": None,
-            }
-            if not view.record.get("queued_at"):
-                fields["queued_at"] = now
-            record = {
-                "at": now,
-                "task": task.name,
-                "attempt": attempt_no,
-                "worker": worker,
-                "input_sha256": input_sha,
-            }
-            if state == StepState.running:
-                record["note"] = "previous attempt lost"
             try:
                 self.store.apply(
                     workflow_id,
-                    [Change(step_id, state.value, StepState.running.value, fields, record)],
+                    [self._start(task, view, state, attempt_no, worker)],
                     tail=view.audit_tail,
                 )
             except Conflict:
+                if limits and self.flow is not None:
+                    self.flow.release(view, limits)
                 continue  # it moved on between our read and our write: look again
             call = StepCall(
                 workflow_id=workflow_id,
@@ -240,8 +221,126 @@ class StepRuntime:
                 pool=view.definition.get("priority") or view.priority,
                 worker=worker,
             )
-            return _Attempt(view, definition, call, refusal)
+            return _Attempt(view, definition, call, refusal, limits)
         raise Ignore()
+
+    def _refuse_unrunnable(self, task: Task, view: StepView, state: StepState) -> None:
+        """Raise (Ignore, or _AlreadyEnded) if this message must not run the step."""
+        if state in STEP_FINAL:
+            if state in _GOES_ON and getattr(task.request, KEEP_GOING_HEADER, False):
+                raise _AlreadyEnded(state)
+            # Already decided (a duplicate, or stopped by cancel or policy): acknowledge
+            # without running and without continuing the chain.
+            raise Ignore()
+        if state == StepState.running and not self._attempt_lost(view):
+            self._recheck_later(task, view)
+            raise Ignore()
+        if view.workflow_state in WORKFLOW_FINAL:
+            self._stop_unstarted(view)
+            raise Ignore()
+
+    def _start(
+        self, task: Task, view: StepView, state: StepState, attempt_no: int, worker: str
+    ) -> Change:
+        """The transition that starts attempt ``attempt_no`` on this worker."""
+        input_sha = audit.sha256_of(
+            {
+                "params": view.params,
+                "args": view.definition.get("args", {}),
+                "results": view.results,
+            }
+        )
+        now = time.time()
+        fields: dict[str, Any] = {
+            "attempts": attempt_no,
+            "started_at": now,
+            "worker": worker,
+            "incarnation": self.incarnation,
+            "task_id": task.request.id,
+            "input_sha256": input_sha,
+            "finished_at": None,
+            "waiting_for": None,
+        }
+        if not view.record.get("queued_at"):
+            fields["queued_at"] = now
+        record = {
+            "at": now,
+            "task": task.name,
+            "attempt": attempt_no,
+            "worker": worker,
+            "input_sha256": input_sha,
+        }
+        if state == StepState.running:
+            record["note"] = "previous attempt lost"
+        return Change(view.step_id, state.value, StepState.running.value, fields, record)
+
+    # -- limits --------------------------------------------------------------------------
+
+    def _take_limits(
+        self, task: Task, view: StepView, state: StepState
+    ) -> tuple[list[Limit], str | None]:
+        """Take the step's shared limits, or park its message until they are free (raising
+        Ignore: the step holds no worker slot and spends no attempt while it waits).
+        Returns the limits taken and, if they cannot be known, why the step must fail."""
+        if self.flow is None or view.definition.get("for_each"):
+            return [], None  # a fan-out's items take the limits, each for itself
+        try:
+            limits = self.flow.limits_of(view)
+        except KeyTemplateError as exc:
+            return [], f"concurrency_key cannot be filled in: {exc}"
+        if not limits:
+            return [], None
+        pool = view.definition.get("priority") or view.priority
+        message = task.signature_from_request(task.request, queue=queue_for(pool))
+        timeout_s = float(view.definition.get("timeout_s") or 0)
+        # Past the hard time limit the attempt is dead for sure; the heartbeat of its
+        # worker usually tells sooner (see FlowControl.reap).
+        lease_s = Settings.hard_limit_s(timeout_s) + self.recheck_s if timeout_s else 3600.0
+        waiting = self.flow.acquire(view, limits, self.incarnation, lease_s, dict(message))
+        if waiting is None:
+            return limits, None
+        self._note_waiting(view, state, waiting)
+        raise Ignore()
+
+    def _note_waiting(self, view: StepView, state: StepState, waiting: Waiting) -> None:
+        """Log every wait; record the first one for each limit (``treadle status`` shows
+        it) without an audit record per look."""
+        log.info(
+            "workflow %s step %s (%s) is %s",
+            view.workflow_id,
+            view.step_id,
+            view.definition.get("task"),
+            waiting.describe(),
+        )
+        label = waiting.limit.label
+        if state == StepState.running or view.record.get("waiting_for") == label:
+            return
+        now = time.time()
+        fields = {
+            "waiting_for": label,
+            "waiting_since": view.record.get("waiting_since") or now,
+        }
+        record = {"at": now, "waiting_for": label, "reason": waiting.reason}
+        with contextlib.suppress(Conflict):
+            self.store.apply(
+                view.workflow_id,
+                [Change(view.step_id, state.value, state.value, fields, record)],
+                tail=view.audit_tail,
+            )
+
+    def _release(self, attempt: _Attempt, verdict: str, wait_again: bool = False) -> None:
+        """Give back the attempt's limits, once, with the circuit breakers' verdict."""
+        if attempt.released or not attempt.limits or self.flow is None:
+            return
+        attempt.released = True
+        try:
+            self.flow.release(attempt.view, attempt.limits, verdict, wait_again)
+        except Exception:  # the reaper takes them back when their lease ends
+            log.exception(
+                "workflow %s step %s: could not give back its limits",
+                attempt.call.workflow_id,
+                attempt.call.step_id,
+            )
 
     def _attempt_lost(self, view: StepView) -> bool:
         """Whether the recorded attempt of a running step will never end by itself."""
@@ -268,7 +367,9 @@ class StepRuntime:
         pool = view.definition.get("priority") or view.priority
         again = task.signature_from_request(task.request, queue=queue_for(pool))
         DelayedMessages(self.store).add(
-            f"{view.workflow_id}/{view.step_id}/recheck", time.time() + self.recheck_s, dict(again)
+            f"{view.workflow_id}/{view.step_id}/recheck-{uuid.uuid4().hex[:12]}",
+            time.time() + self.recheck_s,
+            dict(again),
         )
         log.info(
             "workflow %s step %s: attempt %s still runs on %s; this copy looks again in %ss",
@@ -281,29 +382,23 @@ class StepRuntime:
 
     def mark_lost(self, workflow_id: str, step_id: str, task_id: str, error: str) -> None:
         """The pool process running a step died; Celery puts its message back. Record the
-        attempt as lost, so that the copy runs the step again at once. Runs in the
-        worker's main process."""
-        record = self.store.step_records_of(workflow_id, [step_id]).get(step_id) or {}
-        if (
-            record.get("state") != StepState.running.value
-            or record.get("task_id") != task_id
-            or record.get("incarnation") != self.incarnation
-        ):
-            return
-        attempt, now = int(record.get("attempts", 0)), time.time()
-        with contextlib.suppress(Conflict):
-            self.store.apply(
-                workflow_id,
-                [
-                    Change(
-                        step_id,
-                        StepState.running.value,
-                        StepState.running.value,
-                        {"lost_attempt": attempt},
-                        {"at": now, "lost": True, "attempt": attempt, "error": error},
-                    )
-                ],
-            )
+        attempt as lost, so that the copy runs the step again at once, and give back its
+        limits. Runs in the worker's main process."""
+        lost = record_lost_attempt(
+            self.store, workflow_id, step_id, error, incarnation=self.incarnation, task_id=task_id
+        )
+        if lost and self.flow is not None:
+            view = self.store.load_step(workflow_id, step_id)
+            self.flow.release(view, self._limits_of(view))
+
+    def _limits_of(self, view: StepView) -> list[Limit]:
+        """The limits an attempt of this step holds (none if its key cannot be filled)."""
+        if self.flow is None or view.definition.get("for_each"):
+            return []
+        try:
+            return self.flow.limits_of(view)
+        except KeyTemplateError:
+            return []
 
     def _gate(self, view: StepView, state: StepState) -> str | None:
         """Skip the step (raising _Skipped) if its trigger rule or condition says so;
@@ -439,7 +534,7 @@ class StepRuntime:
         with contextlib.suppress(Ignore, StepFailed):
             self._fail(
                 task,
-                _Attempt(view, definition, call),
+                _Attempt(view, definition, call, limits=self._limits_of(view)),
                 TimeLimitExceeded(error),
                 time.time() - started,
                 request=request,
@@ -474,8 +569,10 @@ class StepRuntime:
                     dict(again),
                 ),
             )
+            self._release(attempt, FAILURE, wait_again=True)
             raise Ignore()  # this delivery is done; the retry is the delayed message
         applied = self._fail_for_good(attempt, error, exc)
+        self._release(attempt, FAILURE)
         if applied.complete:
             finish_workflow(task.app, self.store, attempt.call.workflow_id)
         raise StepFailed(
@@ -556,6 +653,43 @@ class StepRuntime:
                 hook_call(hook)
             except Exception:  # a broken hook must not fail a step that already ran
                 log.exception("step hook %s failed", type(hook).__name__)
+
+
+def record_lost_attempt(
+    store: StateStore,
+    workflow_id: str,
+    step_id: str,
+    error: str,
+    *,
+    incarnation: str,
+    task_id: str | None = None,
+) -> bool:
+    """Record that the running attempt of a step, started by the worker ``incarnation``
+    (and Celery task ``task_id``), was lost; False if the step has moved on."""
+    record = store.step_records_of(workflow_id, [step_id]).get(step_id) or {}
+    if (
+        record.get("state") != StepState.running.value
+        or record.get("incarnation") != incarnation
+        or (task_id is not None and record.get("task_id") != task_id)
+    ):
+        return False
+    attempt, now = int(record.get("attempts", 0)), time.time()
+    try:
+        store.apply(
+            workflow_id,
+            [
+                Change(
+                    step_id,
+                    StepState.running.value,
+                    StepState.running.value,
+                    {"lost_attempt": attempt},
+                    {"at": now, "lost": True, "attempt": attempt, "error": error},
+                )
+            ],
+        )
+    except Conflict:
+        return False
+    return True
 
 
 def _describe(exc: BaseException) -> str:

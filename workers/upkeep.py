@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -19,13 +20,43 @@ from celery import Celery, bootsteps, signature
 
 from config.redis_client import connect
 from config.settings import Settings
+from config.topology import Topology, load_topology
+from orchestrator.admission import Admission
 from orchestrator.delays import DelayedMessages
+from orchestrator.flow import FlowControl
 from orchestrator.keys import Keys
 from orchestrator.store import StateStore
+from workers.runtime import record_lost_attempt
 
 log = logging.getLogger("treadle.upkeep")
 
 POLL_INTERVAL_S = 0.1
+REAP_INTERVAL_S = 1.0
+
+
+class LimitsUpkeep:
+    """Once a second, in one process of all: take back the permits of dead or overdue
+    steps, drop waiters whose steps ended, wake whoever can run, and sample how fast
+    each class finishes steps (for admission's retry-after)."""
+
+    def __init__(self, store: StateStore, topology: Topology):
+        self.store = store
+        self.flow = FlowControl(store, topology)
+        self.admission = Admission(store, topology)
+
+    def run(self) -> bool:
+        """One round, unless another process has taken this one; whether it ran."""
+        taken = self.store.redis.set(
+            self.store.keys.limits_reaper, 1, nx=True, px=int(REAP_INTERVAL_S * 900)
+        )
+        if not taken:
+            return False
+        self.flow.reap(self._mark_lost)
+        self.admission.sample()
+        return True
+
+    def _mark_lost(self, workflow_id: str, step_id: str, incarnation: str, why: str) -> None:
+        record_lost_attempt(self.store, workflow_id, step_id, why, incarnation=incarnation)
 
 
 def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation: str) -> None:
@@ -39,17 +70,38 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation:
             super().__init__(worker, **kwargs)
             self.timers: list[Any] = []
             self.client: redis.Redis | None = None
-            self.delayed: DelayedMessages | None = None
 
         def start(self, worker: Any) -> None:
-            # No retry window: both duties run again on the next tick, and a call blocked
+            # No retry window: every duty runs again on the next tick, and a call blocked
             # on an outage would hold up the worker's main loop.
-            self.client = connect(redis_url, settings, retry_s=0)
-            self.delayed = DelayedMessages(StateStore(self.client, keys))
-            self.beat()
+            client = self.client = connect(redis_url, settings, retry_s=0)
+            store = StateStore(client, keys)
+            delayed = DelayedMessages(store)
+            limits = LimitsUpkeep(store, load_topology(settings.topology))
+
+            def beat() -> None:
+                # Registered with every beat, so the sweep notices when the beats stop.
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.set(
+                        keys.alive(incarnation), 1, ex=max(1, int(settings.worker_lost_after_s))
+                    )
+                    pipe.sadd(keys.incarnations, incarnation)
+                    pipe.execute()
+
+            def publish_due() -> None:
+                delayed.publish_due(lambda m: signature(m, app=app).apply_async())
+
+            _quietly("heartbeat", beat)()
             self.timers = [
-                worker.timer.call_repeatedly(POLL_INTERVAL_S, self.publish_due, priority=10),
-                worker.timer.call_repeatedly(beat_every_s, self.beat, priority=10),
+                worker.timer.call_repeatedly(
+                    POLL_INTERVAL_S, _quietly("publishing due messages", publish_due), priority=10
+                ),
+                worker.timer.call_repeatedly(
+                    beat_every_s, _quietly("heartbeat", beat), priority=10
+                ),
+                worker.timer.call_repeatedly(
+                    REAP_INTERVAL_S, _quietly("upkeep of shared limits", limits.run), priority=10
+                ),
             ]
 
         def stop(self, worker: Any) -> None:
@@ -63,30 +115,18 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation:
                     pipe.execute()
                 self.client.close()
 
-        def publish_due(self) -> None:
-            if self.delayed is None:
-                return
-            try:
-                self.delayed.publish_due(lambda m: signature(m, app=app).apply_async())
-            except Exception:  # Redis away for a moment: the next tick tries again
-                log.exception("publishing due retries failed")
-
-        def beat(self) -> None:
-            if self.client is None:
-                return
-            try:
-                # Registered with every beat, so the sweep notices when the beats stop.
-                with self.client.pipeline(transaction=False) as pipe:
-                    pipe.set(
-                        keys.alive(incarnation), 1, ex=max(1, int(settings.worker_lost_after_s))
-                    )
-                    pipe.sadd(keys.incarnations, incarnation)
-                    pipe.execute()
-            except Exception:
-                log.exception("heartbeat failed")
-
     app.steps["worker"].add(Upkeep)
     app.steps["consumer"].add(_reconnect_watch(settings, redis_url, keys))
+
+
+def _quietly(what: str, duty: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            duty()
+        except Exception:  # Redis away for a moment: the next tick tries again
+            log.exception("%s failed", what)
+
+    return run
 
 
 def _reconnect_watch(settings: Settings, redis_url: str, keys: Keys) -> type:

@@ -5,7 +5,11 @@
 --       4 step records (JSON object id->record), 5 first audit record, 6 its hash,
 --       7 submitted_at, 8 ttl seconds for the idempotency key,
 --       9 prefix of workflow hash keys (the key of workflow X is ARGV[9] .. X),
---       10 dependency counts of counter steps (JSON object id->count)
+--       10 dependency counts of counter steps (JSON object id->count),
+--       11 the submission counter key, 12 its stride, 13 places in the queues of
+--       concurrency keys (JSON array of [limit base, rank, member, limit JSON]),
+--       14 the active limits hash (see flow.lua). The workflow's number is seq; a
+--       place is seq * stride + rank, so earlier submissions come first.
 -- Returns {'created', id} or {'exists', first_id}.
 if KEYS[6] ~= '' then
   local first = redis.call('GET', KEYS[6])
@@ -31,6 +35,12 @@ for id, record in pairs(cjson.decode(ARGV[4])) do
 end
 for id, count in pairs(cjson.decode(ARGV[10])) do
   redis.call('HSET', KEYS[7], id, count)
+end
+local seq = redis.call('INCR', ARGV[11])
+redis.call('HSET', KEYS[1], 'seq', seq)
+for _, place in ipairs(cjson.decode(ARGV[13])) do
+  redis.call('ZADD', place[1] .. ':queue', seq * tonumber(ARGV[12]) + place[2], place[3])
+  redis.call('HSET', ARGV[14], place[1], place[4])
 end
 redis.call('RPUSH', KEYS[4], ARGV[5])
 redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])

@@ -15,9 +15,12 @@
 -- A batch is applied once even if its call is repeated (a client retrying after a lost
 -- connection, whose first try did run): its first target keeps the batch's token, and a
 -- repeat that finds it there answers as the first try did instead of failing its checks.
+-- It also keeps, per priority class (the workflow's), the count of outstanding steps
+-- (queued, running or retrying) that admission control reads, and of finished ones. A
+-- parked workflow's steps are not outstanding: parking takes them out of the count.
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
 --       6 definitions hash, 7 delayed zset, 8 delayed entries hash, 9 dead letters hash,
---       10 dead letters by time
+--       10 dead letters by time, 11 outstanding counts hash
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N,
 --       4 the batch's token, then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
@@ -30,6 +33,7 @@
 local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
                   compensated=true, ['dead-lettered']=true}
 local FAILED = {failed=true, ['dead-lettered']=true}
+local OUTSTANDING = {queued=1, running=1, retrying=1}
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local defs, delayed, entries, letters, letters_by_time = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local WIDTH, FIRST = 10, 5
@@ -89,11 +93,24 @@ for i = 0, n - 1 do
   end
 end
 local ready = {}
+local outstanding = KEYS[11]
+local class = redis.call('HGET', wf, 'priority') or 'default'
+local function outstanding_steps()
+  local count = 0
+  for _, raw in ipairs(redis.call('HVALS', steps)) do
+    count = count + (OUTSTANDING[cjson.decode(raw)['state']] or 0)
+  end
+  return count
+end
 for i = 0, n - 1 do
   local base = FIRST + i * WIDTH
   local target, old, new = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local fields = cjson.decode(ARGV[base + 3])
   if target == '' then
+    if (new == 'parked') ~= (old == 'parked') then
+      local count = outstanding_steps()
+      redis.call('HINCRBY', outstanding, class, new == 'parked' and -count or count)
+    end
     redis.call('HSET', wf, 'state', new)
     for name, value in pairs(fields) do
       redis.call('HSET', wf, name, value)
@@ -123,6 +140,13 @@ for i = 0, n - 1 do
     end
     if TERMINAL[new] and not TERMINAL[old] then
       redis.call('HINCRBY', wf, 'steps_done', 1)
+    end
+    local delta = (OUTSTANDING[new] or 0) - (OUTSTANDING[old] or 0)
+    if delta ~= 0 and redis.call('HGET', wf, 'state') ~= 'parked' then
+      redis.call('HINCRBY', outstanding, class, delta)
+      if delta < 0 and TERMINAL[new] then
+        redis.call('HINCRBY', outstanding, 'done:' .. class, 1)
+      end
     end
     if FAILED[new] and not FAILED[old] then
       redis.call('HINCRBY', wf, 'steps_failed', 1)

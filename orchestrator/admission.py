@@ -1,0 +1,110 @@
+"""Admission control: a submission is refused, before anything of it is written, when
+its priority class already has ``high`` or more outstanding steps (queued, running or
+waiting for a limit or a retry). The refusal says when to try again: the excess over
+the watermark divided by how fast the class has been finishing steps lately.
+
+The counts are kept by ``lua/transition.lua`` with every state change, so reading them
+costs one round trip.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from config.topology import PRIORITY_ORDER, Topology
+from orchestrator.errors import Refused
+from orchestrator.store import StateStore
+
+MIN_RETRY_AFTER_S = 1
+MAX_RETRY_AFTER_S = 300
+# Nothing of the class finished lately (it was idle, or nothing is measured yet): ask
+# again soon; a client that is refused again backs off further.
+UNKNOWN_RATE_RETRY_AFTER_S = 5
+# How far back the finishing rate is measured: long enough to smooth bursts, short
+# enough to follow a change of load.
+RATE_WINDOW_S = 30.0
+MIN_SAMPLE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Load:
+    klass: str
+    outstanding: int
+    high: int
+    low: int
+
+    @property
+    def over(self) -> bool:
+        return self.outstanding >= self.high
+
+
+def retry_after_s(excess: int, finished_per_s: float | None) -> int:
+    """Whole seconds until ``excess`` steps are likely done at the measured rate (None:
+    not measured yet)."""
+    if not finished_per_s or finished_per_s <= 0:
+        return UNKNOWN_RATE_RETRY_AFTER_S
+    return max(MIN_RETRY_AFTER_S, min(MAX_RETRY_AFTER_S, math.ceil(excess / finished_per_s)))
+
+
+class Admission:
+    def __init__(self, store: StateStore, topology: Topology):
+        self.store = store
+        self.topology = topology
+
+    def loads(self) -> dict[str, Load]:
+        raw = self.store.redis.hmget(self.store.keys.outstanding, [k.value for k in PRIORITY_ORDER])
+        out = {}
+        for klass, count in zip(PRIORITY_ORDER, raw, strict=True):
+            watermark = self.topology.admission_of(klass)
+            outstanding = max(int(count or 0), 0)
+            out[klass.value] = Load(klass.value, outstanding, watermark.high, watermark.low_mark)
+        return out
+
+    def admit(self, klass: str) -> None:
+        """Raises Refused (exit 3, HTTP 429) if ``klass`` is at or over its watermark."""
+        load = self.loads()[klass]
+        if not load.over:
+            return
+        wait = retry_after_s(load.outstanding - load.high + 1, self._finished_per_s(klass))
+        raise Refused(
+            f"the {klass} class has {load.outstanding} outstanding steps, at or over its "
+            f"watermark of {load.high}: nothing was enqueued; retry in {wait} s",
+            retry_after_s=wait,
+        )
+
+    def _finished_per_s(self, klass: str) -> float | None:
+        """Steps of the class finished per second, measured from a sample of its
+        finished count taken between one and two RATE_WINDOW_S ago (see ``sample``)."""
+        done_raw, sample_raw = self.store.redis.hmget(
+            self.store.keys.outstanding, f"done:{klass}", f"sample:{klass}"
+        )
+        if not sample_raw:
+            return None
+        then, then_done = _text(sample_raw).split()[:2]
+        elapsed = time.time() - float(then)
+        if elapsed < MIN_SAMPLE_S:
+            return None
+        return (int(done_raw or 0) - int(then_done)) / elapsed
+
+    def sample(self) -> None:
+        """Keep two samples of each class's finished count, the newer at most
+        RATE_WINDOW_S old; called on a timer by every worker's upkeep."""
+        redis, key = self.store.redis, self.store.keys.outstanding
+        now = time.time()
+        fields = [f for klass in PRIORITY_ORDER for f in (f"done:{klass}", f"sample:{klass}")]
+        values = redis.hmget(key, fields)
+        updates = {}
+        for i, klass in enumerate(PRIORITY_ORDER):
+            done, sample = int(values[2 * i] or 0), _text(values[2 * i + 1] or b"").split()
+            if len(sample) == 4 and now - float(sample[2]) < RATE_WINDOW_S:
+                continue
+            newer = sample[2:] if len(sample) == 4 else [repr(now), str(done)]
+            updates[f"sample:{klass}"] = " ".join([*newer, repr(now), str(done)])
+        if updates:
+            redis.hset(key, mapping=updates)  # type: ignore[arg-type]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
