@@ -77,7 +77,7 @@ def finished(client: Client, *ids: str, timeout_s: float = 60) -> list[dict[str,
 
 
 def records(client: Client, *ids: str) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for workflow_id in ids:
         entries, _ = client.orchestrator.store.audit_entries(workflow_id)
         out.extend(json.loads(e) for e in entries)
@@ -134,7 +134,7 @@ def test_a_concurrency_limit_holds_while_a_worker_is_killed(
 
     def two_running() -> bool:
         steps = [s for i in ids for s in client.status(i)["steps"]]
-        return sum(s["state"] == "running" for s in steps) >= 2
+        return sum(s["state"] == "running" for s in steps) >= 2  # type: ignore[no-any-return]
 
     wait_until(two_running, 30, "two db steps to run")
     stack.restart("default-1")  # SIGKILL: its permits come back only by their lease
@@ -284,8 +284,7 @@ def test_counts_of_outstanding_steps_return_to_zero(flow_stack: tuple[Stack, Cli
         return not active
 
     wait_until(idle, 60, "every workflow of this module to end")
-    counts = {
-        k.decode(): int(v) for k, v in r.hgetall("treadle:outstanding").items() if b":" not in k
-    }
+    raw: dict[bytes, bytes] = r.hgetall("treadle:outstanding")  # type: ignore[assignment]
+    counts = {k.decode(): int(v) for k, v in raw.items() if b":" not in k}
     assert counts and all(v == 0 for v in counts.values()), counts
     r.close()

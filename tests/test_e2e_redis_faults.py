@@ -163,9 +163,9 @@ def test_a_copy_of_a_running_step_waits_instead_of_running_it_twice(
     r.lpush(routing_key, json.dumps(payload))
     recheck = f"{workflow_id}/slow/recheck-"
 
-    def rechecks(key: str) -> list[bytes]:
+    def rechecks(key: str) -> list[str]:
         members = r.zrange(key, 0, -1) if key == store.keys.delayed else r.hkeys(key)
-        return [m for m in members if m.decode().startswith(recheck)]
+        return [str(m, "utf-8") for m in members if str(m, "utf-8").startswith(recheck)]  # type: ignore[arg-type]
 
     wait_until(lambda: rechecks(store.keys.delayed), 10, "the copy to wait")
     status = client.wait(workflow_id, timeout_s=60)

@@ -67,14 +67,18 @@ def submitted(flow: FlowControl, workflow: str, step: str) -> None:
 def parked(flow: FlowControl, limit: Limit) -> dict[str, str]:
     base = flow.store.keys.limit(limit.kind, limit.name)
     raw = flow.store.redis.hgetall(f"{base}:parked")
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    return {text(k): text(v) for k, v in raw.items()}
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def take_due(flow: FlowControl) -> list[str]:
     """Take the waiting messages that are due now, in the order the publisher would."""
     r, keys = flow.store.redis, flow.store.keys
     ids = r.zrangebyscore(keys.delayed, "-inf", time.time() + 0.001)
-    steps = [json.loads(r.hget(keys.delayed_entries, i))["step"] for i in ids]
+    steps = [json.loads(text(r.hget(keys.delayed_entries, text(i))))["step"] for i in ids]
     if ids:
         r.zrem(keys.delayed, *ids)
         r.hdel(keys.delayed_entries, *ids)
@@ -114,7 +118,7 @@ def test_a_token_bucket_gives_waiters_spaced_due_times_in_arrival_order(
     assert acquire(flow, "a", [api]) is None
     assert acquire(flow, "b", [api]) is None  # the burst
     waits = [acquire(flow, s, [api]) for s in ("c", "d", "e", "f")]
-    dues = [w.due for w in waits if w is not None]
+    dues = [w.due for w in waits if w is not None and w.due is not None]
     assert len(dues) == 4 and all(w and w.reason == "rate" for w in waits)
     # One token every 0.1 s: each waiter is due when its own token will be there, so a
     # refill does not send them all at the bucket at once.
@@ -213,5 +217,5 @@ def test_a_semaphore_never_has_more_holders_than_its_limit_and_wakes_in_order(
         assert len(holders) <= limit
         base = flow.store.keys.limit(sem.kind, sem.name)
         assert flow.store.redis.zcard(f"{base}:holders") == len(holders)
-        queue = [m.decode().split("/")[1] for m in flow.store.redis.zrange(f"{base}:queue", 0, -1)]
+        queue = [text(m).split("/")[1] for m in flow.store.redis.zrange(f"{base}:queue", 0, -1)]
         assert queue == waiting
