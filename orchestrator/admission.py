@@ -31,13 +31,24 @@ MIN_SAMPLE_S = 2.0
 @dataclass(frozen=True)
 class Load:
     klass: str
-    outstanding: int
+    outstanding: int  # steps queued, running or waiting: the load now
     high: int
     low: int
+    parked: int = 0  # steps of parked workflows: no load now, but admitted work
 
     @property
     def over(self) -> bool:
+        """At or over the watermark: submissions are refused, bulk work is parked."""
+        return self.outstanding + self.parked >= self.high
+
+    @property
+    def overloaded(self) -> bool:
         return self.outstanding >= self.high
+
+    @property
+    def calm(self) -> bool:
+        """Below the low mark: parked work may come back."""
+        return self.outstanding < self.low
 
 
 def retry_after_s(excess: int, finished_per_s: float | None) -> int:
@@ -54,12 +65,15 @@ class Admission:
         self.topology = topology
 
     def loads(self) -> dict[str, Load]:
-        raw = self.store.redis.hmget(self.store.keys.outstanding, [k.value for k in PRIORITY_ORDER])
+        fields = [f for k in PRIORITY_ORDER for f in (k.value, f"parked:{k.value}")]
+        raw = self.store.redis.hmget(self.store.keys.outstanding, fields)
         out = {}
-        for klass, count in zip(PRIORITY_ORDER, raw, strict=True):
+        for i, klass in enumerate(PRIORITY_ORDER):
             watermark = self.topology.admission_of(klass)
-            outstanding = max(int(count or 0), 0)
-            out[klass.value] = Load(klass.value, outstanding, watermark.high, watermark.low_mark)
+            outstanding, parked = (max(int(v or 0), 0) for v in raw[2 * i : 2 * i + 2])
+            out[klass.value] = Load(
+                klass.value, outstanding, watermark.high, watermark.low_mark, parked
+            )
         return out
 
     def admit(self, klass: str) -> None:
@@ -67,9 +81,11 @@ class Admission:
         load = self.loads()[klass]
         if not load.over:
             return
-        wait = retry_after_s(load.outstanding - load.high + 1, self._finished_per_s(klass))
+        excess = load.outstanding + load.parked - load.high + 1
+        wait = retry_after_s(excess, self._finished_per_s(klass))
+        parked = f" (and {load.parked} parked)" if load.parked else ""
         raise Refused(
-            f"the {klass} class has {load.outstanding} outstanding steps, at or over its "
+            f"the {klass} class has {load.outstanding} outstanding steps{parked}, at or over its "
             f"watermark of {load.high}: nothing was enqueued; retry in {wait} s",
             retry_after_s=wait,
         )

@@ -46,6 +46,20 @@ class Keys:
     def waiting(self, workflow_id: str) -> str:
         return f"{self.prefix}:wf:{workflow_id}:waiting"
 
+    def parked_messages(self, workflow_id: str) -> str:
+        """Messages of a parked workflow's steps, kept here until it is resumed."""
+        return f"{self.prefix}:wf:{workflow_id}:parked"
+
+    @property
+    def unstarted(self) -> str:
+        """Workflows of the class that load shedding may park, by submission time."""
+        return f"{self.prefix}:unstarted"
+
+    @property
+    def parked(self) -> str:
+        """Parked workflows, by when they were parked (the oldest resume first)."""
+        return f"{self.prefix}:parked"
+
     def tickets(self, workflow_id: str) -> str:
         """The message that runs each published step, kept while the workflow runs."""
         return f"{self.prefix}:wf:{workflow_id}:tickets"
@@ -60,6 +74,7 @@ class Keys:
             self.audit(workflow_id),
             self.waiting(workflow_id),
             self.tickets(workflow_id),
+            self.parked_messages(workflow_id),
         ]
 
     @property

@@ -32,6 +32,7 @@ STATE_STYLE = {
     "running": "cyan",
     "queued": "blue",
     "pending": "dim",
+    "parked": "magenta",
 }
 
 

@@ -28,6 +28,7 @@ from orchestrator.flow import reservations
 from orchestrator.keys import Keys
 from orchestrator.model import Workflow
 from orchestrator.resume import Resumed, resume
+from orchestrator.shedding import PARKABLE
 from orchestrator.states import STEP_NOT_STARTED, WORKFLOW_FINAL, StepState, WorkflowState
 from orchestrator.store import Change, Conflict, StateStore, step_definitions
 from orchestrator.validate import Limits, validate
@@ -173,6 +174,9 @@ class Orchestrator:
             reservations=reservations(self.store.keys, workflow, defs),
         )
         if created:
+            if workflow.priority == PARKABLE:
+                # Load shedding may park it until its first step starts.
+                self.store.redis.zadd(self.store.keys.unstarted, {stored_id: time.time()})
             dispatch(self.app, self.store, stored_id, compiled, defs, workflow.priority.value)
         return Submission(stored_id, created)
 

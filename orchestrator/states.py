@@ -7,6 +7,7 @@ from enum import StrEnum
 
 class WorkflowState(StrEnum):
     pending = "pending"
+    parked = "parked"  # load shedding: held back, not started, resumed when load falls
     running = "running"
     succeeded = "succeeded"
     failed = "failed"

@@ -149,6 +149,7 @@ class StateStore:
         self.state_ttl_s = state_ttl_s
         self._create = client.register_script(lua_script("create_workflow.lua"))
         self._transition = client.register_script(lua_script("transition.lua"))
+        self._park = client.register_script(lua_script("park_message.lua"))
 
     # -- writing -------------------------------------------------------------------------
 
@@ -499,6 +500,11 @@ class StateStore:
                 pipe.expire(key, self.state_ttl_s)
             pipe.delete(self.keys.tickets(workflow_id))
             self.execute(pipe)
+
+    def park_message(self, workflow_id: str, step_id: str, message_json: str) -> bool:
+        """Keep a step's message with its parked workflow; False if it is not parked."""
+        keys = [self.keys.workflow(workflow_id), self.keys.parked_messages(workflow_id)]
+        return bool(self.run_script(self._park, keys=keys, args=[step_id, message_json]))
 
     def keep_ticket(self, workflow_id: str, step_id: str, ticket_json: str) -> None:
         self._guard(lambda: self.redis.hset(self.keys.tickets(workflow_id), step_id, ticket_json))

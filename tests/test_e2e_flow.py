@@ -37,7 +37,7 @@ resources:
   db:    {concurrency: 2}
   flaky: {circuit: {failures: 2, open_s: 1.5}}
 admission:
-  critical: {high: 10000}
+  critical: {high: 4, low: 1}
   default:  {high: 10000}
   bulk:     {high: 6}
 """
@@ -273,6 +273,51 @@ def test_admission_refuses_a_class_over_its_watermark_and_enqueues_nothing(
     outstanding = r.hget("treadle:outstanding", "bulk")
     assert outstanding is not None and int(outstanding) == 0
     r.close()
+
+
+def test_unstarted_bulk_work_is_parked_under_overload_and_resumed_after(
+    flow_stack: tuple[Stack, Client],
+) -> None:
+    _, client = flow_stack
+    # Both bulk processes busy, so the next bulk workflows wait unstarted on the queue.
+    blocker = client.submit(
+        {
+            "name": "bulk-blocker",
+            "priority": "bulk",
+            "steps": parallel("b", 2, "treadle.sleep", args={"seconds": 2.0}),
+        }
+    )
+    chain = [
+        {"id": "one", "task": "treadle.sleep", "args": {"seconds": 0.2}},
+        {"id": "two", "task": "treadle.noop", "after": ["one"]},
+    ]
+    sheddable = [
+        client.submit({"name": f"bulk-{i}", "priority": "bulk", "steps": chain}) for i in range(3)
+    ]
+    # A critical surge at its watermark (4) is overload: the unstarted bulk work is parked.
+    surge = client.submit(
+        {
+            "name": "surge",
+            "priority": "critical",
+            "steps": parallel("c", 5, "treadle.sleep", args={"seconds": 1.0}),
+        }
+    )
+    wait_until(
+        lambda: all(client.status(i)["state"] == "parked" for i in sheddable),
+        20,
+        "the unstarted bulk workflows to be parked",
+    )
+    statuses = finished(client, blocker, surge, *sheddable, timeout_s=90)
+    assert all(s["state"] == "succeeded" for s in statuses), [s["state"] for s in statuses]
+    surge_end = statuses[1]["finished_at"]
+    for workflow_id, status in zip(sheddable, statuses[2:], strict=True):
+        moves = [
+            (r.get("from"), r["to"]) for r in records(client, workflow_id) if r["step_id"] is None
+        ]
+        assert ("pending", "parked") in moves and ("parked", "pending") in moves
+        # Resumed only once the surge had (almost) drained: below the low mark of 1.
+        assert min(s["started_at"] for s in status["steps"]) > surge_end - 1.5
+        assert client.audit(workflow_id).ok
 
 
 def test_counts_of_outstanding_steps_return_to_zero(flow_stack: tuple[Stack, Client]) -> None:

@@ -34,7 +34,13 @@ from orchestrator.finish import finish_workflow
 from orchestrator.flow import FAILURE, NO_VERDICT, SUCCESS, FlowControl, Waiting
 from orchestrator.limits import KeyTemplateError, Limit
 from orchestrator.model import RetryPolicy
-from orchestrator.states import STEP_FINAL, STEP_NOT_STARTED, WORKFLOW_FINAL, StepState
+from orchestrator.states import (
+    STEP_FINAL,
+    STEP_NOT_STARTED,
+    WORKFLOW_FINAL,
+    StepState,
+    WorkflowState,
+)
 from orchestrator.store import Applied, Change, Conflict, Delayed, StateStore, StepView
 from orchestrator.tickets import KEEP_GOING_HEADER
 from workers.context import StepContext
@@ -185,6 +191,10 @@ class StepRuntime:
         for _ in range(_CLAIM_ATTEMPTS):
             view = self.store.load_step(workflow_id, step_id)
             state = StepState(view.record["state"])
+            if view.workflow_state == WorkflowState.parked:
+                if self._park(task, view):
+                    raise Ignore()
+                continue  # resumed just now: look again
             self._refuse_unrunnable(task, view, state)
             try:
                 refusal = self._gate(view, state)
@@ -223,6 +233,20 @@ class StepRuntime:
             )
             return _Attempt(view, definition, call, refusal, limits)
         raise Ignore()
+
+    def _park(self, task: Task, view: StepView) -> bool:
+        """Keep this message with its parked workflow (load shedding) until it resumes."""
+        pool = view.definition.get("priority") or view.priority
+        message = task.signature_from_request(task.request, queue=queue_for(pool))
+        parked = self.store.park_message(view.workflow_id, view.step_id, json.dumps(dict(message)))
+        if parked:
+            log.info(
+                "workflow %s is parked: step %s (%s) waits for it to resume",
+                view.workflow_id,
+                view.step_id,
+                view.definition.get("task"),
+            )
+        return parked
 
     def _refuse_unrunnable(self, task: Task, view: StepView, state: StepState) -> None:
         """Raise (Ignore, or _AlreadyEnded) if this message must not run the step."""

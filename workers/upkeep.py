@@ -25,6 +25,7 @@ from orchestrator.admission import Admission
 from orchestrator.delays import DelayedMessages
 from orchestrator.flow import FlowControl
 from orchestrator.keys import Keys
+from orchestrator.shedding import LoadShedder, Publish
 from orchestrator.store import StateStore
 from workers.runtime import record_lost_attempt
 
@@ -37,12 +38,14 @@ REAP_INTERVAL_S = 1.0
 class LimitsUpkeep:
     """Once a second, in one process of all: take back the permits of dead or overdue
     steps, drop waiters whose steps ended, wake whoever can run, and sample how fast
-    each class finishes steps (for admission's retry-after)."""
+    each class finishes steps (for admission's retry-after), and park or resume bulk
+    work as the load rises and falls."""
 
-    def __init__(self, store: StateStore, topology: Topology):
+    def __init__(self, store: StateStore, topology: Topology, publish: Publish):
         self.store = store
         self.flow = FlowControl(store, topology)
         self.admission = Admission(store, topology)
+        self.shedder = LoadShedder(store, self.admission, publish)
 
     def run(self) -> bool:
         """One round, unless another process has taken this one; whether it ran."""
@@ -53,6 +56,7 @@ class LimitsUpkeep:
             return False
         self.flow.reap(self._mark_lost)
         self.admission.sample()
+        self.shedder.run()
         return True
 
     def _mark_lost(self, workflow_id: str, step_id: str, incarnation: str, why: str) -> None:
@@ -77,7 +81,11 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation:
             client = self.client = connect(redis_url, settings, retry_s=0)
             store = StateStore(client, keys)
             delayed = DelayedMessages(store)
-            limits = LimitsUpkeep(store, load_topology(settings.topology))
+            limits = LimitsUpkeep(
+                store,
+                load_topology(settings.topology),
+                lambda m: signature(dict(m), app=app).apply_async(),
+            )
 
             def beat() -> None:
                 # Registered with every beat, so the sweep notices when the beats stop.

@@ -108,8 +108,13 @@ for i = 0, n - 1 do
   local fields = cjson.decode(ARGV[base + 3])
   if target == '' then
     if (new == 'parked') ~= (old == 'parked') then
+      -- Parked steps are no load, but they still count against the class's watermark.
       local count = outstanding_steps()
-      redis.call('HINCRBY', outstanding, class, new == 'parked' and -count or count)
+      if new == 'parked' then
+        count = -count
+      end
+      redis.call('HINCRBY', outstanding, class, count)
+      redis.call('HINCRBY', outstanding, 'parked:' .. class, -count)
     end
     redis.call('HSET', wf, 'state', new)
     for name, value in pairs(fields) do
