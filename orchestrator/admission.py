@@ -56,7 +56,7 @@ def retry_after_s(excess: int, finished_per_s: float | None) -> int:
     not measured yet)."""
     if not finished_per_s or finished_per_s <= 0:
         return UNKNOWN_RATE_RETRY_AFTER_S
-    return max(MIN_RETRY_AFTER_S, min(MAX_RETRY_AFTER_S, math.ceil(excess / finished_per_s)))
+    return max(MIN_RETRY_AFTER_S, math.ceil(min(MAX_RETRY_AFTER_S, excess / finished_per_s)))
 
 
 class Admission:

@@ -5,6 +5,7 @@ Used in-process by the Python client and the CLI, and by the orchestrator proces
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -24,8 +25,9 @@ from orchestrator.compiler import compile_workflow
 from orchestrator.dead_letters import DeadLetters
 from orchestrator.dispatch import dispatch
 from orchestrator.errors import InvalidInput, Problem, Unreachable
-from orchestrator.flow import reservations
+from orchestrator.flow import FlowControl, reservations
 from orchestrator.keys import Keys
+from orchestrator.limits import KeyTemplateError
 from orchestrator.model import Workflow
 from orchestrator.resume import Resumed, resume
 from orchestrator.shedding import PARKABLE
@@ -133,6 +135,7 @@ class Orchestrator:
         self.store = store
         self.checker = checker
         self.admission = Admission(store, checker.topology)
+        self.flow = FlowControl(store, checker.topology)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis_url: str | None = None) -> Orchestrator:
@@ -203,10 +206,10 @@ class Orchestrator:
                 )
             ]
             stopping = set(STEP_NOT_STARTED) | ({StepState.running} if terminate else set())
-            running = []
+            running: dict[str, str] = {}
             for step_id, record in self.store.step_records(workflow_id).items():
                 if record["state"] == StepState.running and terminate and record.get("task_id"):
-                    running.append(record["task_id"])
+                    running[step_id] = record["task_id"]
                 if record["state"] in stopping:
                     changes.append(
                         Change(
@@ -224,7 +227,13 @@ class Orchestrator:
             if running:
                 # Recorded first: a step that still ends now finds itself cancelled and its
                 # result is dropped; then its process is stopped.
-                self.app.control.revoke(running, terminate=True, signal="SIGTERM")
+                self.app.control.revoke(list(running.values()), terminate=True, signal="SIGTERM")
+                for step_id in running:
+                    # A killed step gives nothing back itself; its limits would otherwise
+                    # stay taken until their lease ran out.
+                    view = self.store.load_step(workflow_id, step_id)
+                    with contextlib.suppress(KeyTemplateError):
+                        self.flow.release(view, self.flow.limits_of(view))
             self.store.expire(workflow_id)
             return WorkflowState.cancelled.value
         raise Unreachable(f"workflow {workflow_id}: too busy to cancel, try again")
