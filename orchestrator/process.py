@@ -1,7 +1,8 @@
 """The orchestrator process: a Celery worker on the ``orchestrator`` queue.
 
 It takes submissions and cancellations sent as messages (so producers in any language
-can submit with a plain Celery message), and runs the recovery sweep on a timer.
+can submit with a plain Celery message), runs the recovery sweep on a timer, and watches
+the queues (aging, lending idle workers to busy queues; see ``orchestrator.queue_watch``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from celery import Celery, bootsteps
 
 from config.queues import ORCHESTRATOR_QUEUE
 from config.settings import Settings
+from config.topology import load_topology
 from orchestrator.errors import InvalidInput
+from orchestrator.queue_watch import install_queue_watch
 from orchestrator.recovery import sweep
 from orchestrator.service import Orchestrator, with_overrides
 from workers.upkeep import install_upkeep
@@ -65,4 +68,5 @@ def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
 
     app.steps["worker"].add(Sweeper)
     install_upkeep(app, settings, redis_url, incarnation="orchestrator")
+    install_queue_watch(app, settings, redis_url, load_topology(settings.topology))
     return app
