@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean install bench-makespan chaos
+.PHONY: demo test lint typecheck check clean install bench-makespan bench-flow chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ chaos: $(STAMP)
 
 bench-makespan: $(STAMP)
 	$(BIN)/python ops/bench/makespan.py
+
+bench-flow: $(STAMP)
+	$(BIN)/python ops/bench/flow.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -36,6 +36,7 @@ local alive_prefix = ARGV[3]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local WAKE_MAX = 200
+local RATE_LEAD_S = 0.03
 
 local function key(limit, part)
   return limit.base .. ':' .. part
@@ -113,7 +114,9 @@ local function check(limit, member, score)
   if rate then
     local tokens = tokens_now(limit)
     if tokens < rank + 1 then
-      return false, 'rate', now + math.max(rank + 1 - tokens, 0.01) / rate
+      -- Due a little before its token: publishing and the queue take that long, and a
+      -- waiter that arrives early only looks once more.
+      return false, 'rate', now + math.max((rank + 1 - tokens) / rate - RATE_LEAD_S, 0.002)
     end
   end
   return true, nil, nil, probe
