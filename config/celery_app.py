@@ -78,6 +78,7 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         "result_backend_base_sleep_between_retries_ms": int(BACKOFF_BASE_S * 1000),
         "result_backend_max_sleep_between_retries_ms": int(BACKOFF_CAP_S * 1000),
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "treadle_redis_retry_s": settings.redis_retry_s,  # read by config.result_backend
         "worker_hijack_root_logger": False,
         "enable_utc": True,
     }

@@ -4,13 +4,22 @@ treadle never waits on a Celery AsyncResult (step state lives in the state store
 stock backend SUBSCRIBEs to each published task's result channel (a round trip per step
 and a listener thread per publisher) and UNSUBSCRIBEs when the AsyncResult is collected.
 Results are still written, so chords count as usual; nothing here may wait on one.
+
+It also rides out a Redis restart while a chord's header task reports its end: the stock
+backend lets the connection error escape, Celery then records the header task as failed,
+and the chord body fails with ChordError without ever running. The counting script
+counts each header task once, so calling it again is safe.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import redis
 from celery.backends.redis import RedisBackend
+
+from config.redis_client import BACKOFF_CAP_S
 
 
 class PublishOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
@@ -24,3 +33,16 @@ class PublishOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
 
     def on_result_fulfilled(self, result: Any) -> None:
         return None
+
+    def on_chord_part_return(self, request: Any, state: Any, result: Any, **kwargs: Any) -> Any:
+        window = float(self.app.conf.get("treadle_redis_retry_s") or 60.0)
+        deadline = time.monotonic() + window
+        delay = 0.05
+        while True:
+            try:
+                return super().on_chord_part_return(request, state, result, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_CAP_S)
