@@ -203,12 +203,12 @@ def test_redis_crashing_under_load_loses_no_acknowledged_submission(tmp_path: Pa
         ids = [client.submit(chaos_workflow(i, rng)) for i in range(40)]
         crasher.join()
         assert len(crashes) == 3
-        pending = set(ids)
-        deadline = time.monotonic() + 120
-        while pending and time.monotonic() < deadline:
-            pending = {w for w in pending if client.status(w)["state"] not in WORKFLOW_FINAL}
-            time.sleep(0.2)
-        assert not pending, f"{len(pending)} workflows never finished"
+        wait_until(
+            lambda: all(client.status(w)["state"] in WORKFLOW_FINAL for w in ids),
+            120,
+            "every acknowledged workflow to finish",
+            poll_s=0.2,
+        )
         r = redis.Redis.from_url(stack.redis_url)
         succeeded = set()
         for workflow_id in ids:
