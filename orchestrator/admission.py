@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from config.topology import PRIORITY_ORDER, Topology
 from orchestrator.errors import Refused
-from orchestrator.store import StateStore
+from orchestrator.store import StateStore, text
 
 MIN_RETRY_AFTER_S = 1
 MAX_RETRY_AFTER_S = 300
@@ -98,7 +98,7 @@ class Admission:
         )
         if not sample_raw:
             return None
-        then, then_done = _text(sample_raw).split()[:2]
+        then, then_done = text(sample_raw).split()[:2]
         elapsed = time.time() - float(then)
         if elapsed < MIN_SAMPLE_S:
             return None
@@ -113,14 +113,10 @@ class Admission:
         values = redis.hmget(key, fields)
         updates = {}
         for i, klass in enumerate(PRIORITY_ORDER):
-            done, sample = int(values[2 * i] or 0), _text(values[2 * i + 1] or b"").split()
+            done, sample = int(values[2 * i] or 0), text(values[2 * i + 1] or b"").split()
             if len(sample) == 4 and now - float(sample[2]) < RATE_WINDOW_S:
                 continue
             newer = sample[2:] if len(sample) == 4 else [repr(now), str(done)]
             updates[f"sample:{klass}"] = " ".join([*newer, repr(now), str(done)])
         if updates:
             redis.hset(key, mapping=updates)  # type: ignore[arg-type]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.store import StateStore, lua_script
+from orchestrator.store import StateStore, lua_script, text
 
 log = logging.getLogger("treadle.delays")
 
@@ -42,8 +42,8 @@ class DelayedMessages:
         reply = self._take(keys=self.keys, args=[repr(now), limit])
         published = 0
         for i in range(0, len(reply), 2):
-            message_id = _text(reply[i])
-            raw = _text(reply[i + 1])
+            message_id = text(reply[i])
+            raw = text(reply[i + 1])
             try:
                 if raw:
                     publish(json.loads(raw))
@@ -62,7 +62,7 @@ class DelayedMessages:
         (their publisher died). Publishing twice is harmless: a step claims once."""
         now = time.time() if now is None else now
         redis = self.store.redis
-        stale = [_text(m) for m in redis.zrangebyscore(self.keys[2], "-inf", now - older_than_s)]
+        stale = [text(m) for m in redis.zrangebyscore(self.keys[2], "-inf", now - older_than_s)]
         for message_id in stale:
             with redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.keys[2], message_id)
@@ -72,7 +72,3 @@ class DelayedMessages:
 
     def pending(self) -> int:
         return int(self.store.redis.zcard(self.keys[0]))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")

@@ -20,10 +20,17 @@ from typing import Any
 
 from config.topology import Topology
 from orchestrator.keys import Keys
-from orchestrator.limits import Limit, limits_for, needs_item, order_score, render_key
+from orchestrator.limits import (
+    KeyTemplateError,
+    Limit,
+    limits_for,
+    needs_item,
+    order_score,
+    render_key,
+)
 from orchestrator.model import Workflow
 from orchestrator.states import STEP_FINAL, WORKFLOW_FINAL
-from orchestrator.store import Reservation, StateStore, StepView, lua_script
+from orchestrator.store import Reservation, StateStore, StepView, lua_script, text
 
 log = logging.getLogger("treadle.flow")
 
@@ -92,8 +99,15 @@ class FlowControl:
 
     def limits_of(self, view: StepView) -> list[Limit]:
         """Raises ``orchestrator.limits.KeyTemplateError`` if its key cannot be filled."""
-        pool = view.definition.get("priority") or view.priority
-        return limits_for(self.topology, view.definition, view.params, pool, view.tenant)
+        return limits_for(self.topology, view.definition, view.params, view.pool, view.tenant)
+
+    def held_by(self, view: StepView) -> list[Limit]:
+        """The limits a running attempt of the step holds (none if its key cannot be
+        filled: such a step fails before it takes any)."""
+        try:
+            return self.limits_of(view)
+        except KeyTemplateError:
+            return []
 
     @staticmethod
     def order_of(view: StepView) -> int:
@@ -123,16 +137,16 @@ class FlowControl:
                 f"{member}/wait-{uuid.uuid4().hex[:12]}",
                 json.dumps(message),
             )
-            if _text(reply[0]) == "ok":
+            if text(reply[0]) == "ok":
                 return None
             limit = limits[int(reply[1]) - 1]
-            due = _text(reply[3])
+            due = text(reply[3])
             waiting = Waiting(
                 limit,
-                _text(reply[2]),
+                text(reply[2]),
                 float(due) if due else None,
-                _text(reply[4]),
-                _text(reply[5]),
+                text(reply[4]),
+                text(reply[5]),
             )
             # A waiter ahead that will never come, or a holder whose step has ended,
             # would block this limit until the reaper's next round: clear it now.
@@ -168,7 +182,7 @@ class FlowControl:
         found = self._call("expired", limits)
         reclaim = []
         for i in range(0, len(found), 3):
-            n, member, owner = int(found[i]), _text(found[i + 1]), _text(found[i + 2])
+            n, member, owner = int(found[i]), text(found[i + 1]), text(found[i + 2])
             workflow_id, step_id = split_member(member)
             mark_lost(workflow_id, step_id, owner, f"its permit of {limits[n - 1].label} expired")
             reclaim.append([n, member])
@@ -185,25 +199,8 @@ class FlowControl:
 
     def _active_limits(self) -> list[Limit]:
         """Limits with holders, waiters or an open circuit (as the script recorded them)."""
-        raw = self.store.redis.hgetall(self.store.keys.limits_active)
-        limits = []
-        for base, config in raw.items():
-            data = json.loads(config)
-            kind_name = _text(base)[len(self.store.keys.prefix) + 1 :]
-            kind, _, name = kind_name.partition(":")
-            limits.append(
-                Limit(
-                    {"res": "resource"}.get(kind, kind),
-                    name,
-                    concurrency=data.get("concurrency"),
-                    rate_per_s=data.get("rate"),
-                    burst=int(data.get("burst") or 1),
-                    circuit_failures=data.get("failures"),
-                    circuit_open_s=data.get("open_s"),
-                    ordered=bool(data.get("ordered")),
-                )
-            )
-        return limits
+        raw = self.store.redis.hvals(self.store.keys.limits_active)
+        return [Limit.from_script(json.loads(config)) for config in raw]
 
     def _stale_heads(self, limits: Sequence[Limit]) -> list[list[Any]]:
         """Waiters at the front of a queue whose steps ended or whose workflow is gone."""
@@ -213,7 +210,7 @@ class FlowControl:
                 # As far back as can run at once: those are the ones that would block.
                 pipe.zrange(self._base(limit) + ":queue", 0, max(limit.concurrency or 1, 1) - 1)
             for n, members in enumerate(pipe.execute(), start=1):
-                heads.extend((n, _text(m)) for m in members)
+                heads.extend((n, text(m)) for m in members)
         ended = self._ended({m for _, m in heads})
         return [[n, m] for n, m in heads if m in ended]
 
@@ -249,7 +246,7 @@ class FlowControl:
         ended = set()
         for i, member in enumerate(ordered):
             state, record = replies[2 * i], replies[2 * i + 1]
-            gone = state is None or record is None or _text(state) in WORKFLOW_FINAL
+            gone = state is None or record is None or text(state) in WORKFLOW_FINAL
             if gone or json.loads(record).get("state") in STEP_FINAL:
                 ended.add(member)
         return ended
@@ -263,9 +260,3 @@ class FlowControl:
         scripted = json.dumps([limit.to_script(self._base(limit)) for limit in limits])
         argv = [op, scripted, self.store.keys.alive(""), *args]
         return self.store.run_script(self._script, keys=self._keys, args=argv)
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -52,9 +52,11 @@ class Limit:
         return self.name if self.kind == "resource" else f"{self.kind} {self.name}"
 
     def to_script(self, base_key: str) -> dict[str, Any]:
-        """The limit as ``lua/flow.lua`` reads it."""
+        """The limit as ``lua/flow.lua`` reads it (and keeps it, for ``from_script``)."""
         return {
             "base": base_key,
+            "kind": self.kind,
+            "name": self.name,
             "concurrency": self.concurrency,
             "rate": self.rate_per_s,
             "burst": self.burst,
@@ -62,6 +64,19 @@ class Limit:
             "open_s": self.circuit_open_s,
             "ordered": self.ordered,
         }
+
+    @classmethod
+    def from_script(cls, data: Mapping[str, Any]) -> Limit:
+        return cls(
+            data["kind"],
+            data["name"],
+            concurrency=data.get("concurrency"),
+            rate_per_s=data.get("rate"),
+            burst=int(data.get("burst") or 1),
+            circuit_failures=data.get("failures"),
+            circuit_open_s=data.get("open_s"),
+            ordered=bool(data.get("ordered")),
+        )
 
 
 def template_fields(template: str) -> list[tuple[str, ...]]:
@@ -130,7 +145,10 @@ def limits_for(
     pool: str,
     tenant: str,
 ) -> list[Limit]:
-    """Every limit the step with this stored definition takes, in the order taken."""
+    """Every limit the step with this stored definition takes, in the order taken. A
+    fan-out step takes none: its items take them, each for itself."""
+    if definition.get("for_each"):
+        return []
     limits = []
     for name in _unique(definition.get("resources") or ()):
         resource = topology.resources.get(name)

@@ -56,7 +56,7 @@ from orchestrator.queue_policy import (
     waiting_since,
     workers_seen,
 )
-from orchestrator.store import StateStore, lua_script
+from orchestrator.store import StateStore, lua_script, text
 
 log = logging.getLogger("treadle.queue_watch")
 
@@ -271,7 +271,7 @@ class QueueWatch:
     def loans(self) -> list[Loan]:
         out = []
         for raw_node, raw in self.redis.hgetall(self.keys.lent_workers).items():
-            node = _text(raw_node)
+            node = text(raw_node)
             try:
                 entry = json.loads(raw)
                 out.append(
@@ -308,16 +308,7 @@ class QueueWatch:
         # Recorded before the worker is told: a crash in between leaves a loan that some
         # orchestrator gives back, never a worker lent without anyone knowing.
         self.redis.hset(self.keys.lent_workers, lend.node, json.dumps(entry))
-        with self.app.connection_for_write() as connection:
-            replies = self.app.control.add_consumer(
-                queue_for(lend.helps),
-                destination=[lend.node],
-                reply=True,
-                timeout=REPLY_TIMEOUT_S,
-                limit=1,
-                connection=connection,
-            )
-        if _answered(replies, lend.node):
+        if self._tell(self.app.control.add_consumer, lend.helps, lend.node):
             log.info("lent %s to %s: %s", lend.node, lend.helps, lend.reason)
         else:
             log.warning(
@@ -329,21 +320,27 @@ class QueueWatch:
                 REPLY_TIMEOUT_S,
             )
 
-    def _give_back(self, give_back: GiveBack) -> None:
-        loan = give_back.loan
+    def _tell(self, command: Any, queue: PriorityClass, node: str) -> bool:
+        """Send a consumer command to one worker; whether it answered. Each command on a
+        connection of its own (see the note below REPLY_TIMEOUT_S)."""
         with self.app.connection_for_write() as connection:
-            replies = self.app.control.cancel_consumer(
-                queue_for(loan.helps),
-                destination=[loan.node],
+            replies = command(
+                queue_for(queue),
+                destination=[node],
                 reply=True,
                 timeout=REPLY_TIMEOUT_S,
                 limit=1,
                 connection=connection,
             )
+        return _answered(replies, node)
+
+    def _give_back(self, give_back: GiveBack) -> None:
+        loan = give_back.loan
+        answered = self._tell(self.app.control.cancel_consumer, loan.helps, loan.node)
         self.redis.hdel(self.keys.lent_workers, loan.node)
         # A worker that did not answer has stopped or is about to get the message; either
         # way, when it starts again it consumes only its own queue.
-        unconfirmed = "" if _answered(replies, loan.node) else " (it did not answer)"
+        unconfirmed = "" if answered else " (it did not answer)"
         log.info(
             "gave back %s to %s after %.0f s on %s%s: %s",
             loan.node,
@@ -416,7 +413,3 @@ def _float(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -5,7 +5,6 @@ Used in-process by the Python client and the CLI, and by the orchestrator proces
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 import uuid
@@ -27,7 +26,6 @@ from orchestrator.dispatch import dispatch
 from orchestrator.errors import InvalidInput, Problem, Unreachable
 from orchestrator.flow import FlowControl, reservations
 from orchestrator.keys import Keys
-from orchestrator.limits import KeyTemplateError
 from orchestrator.model import Workflow
 from orchestrator.resume import Resumed, resume
 from orchestrator.shedding import PARKABLE
@@ -232,8 +230,7 @@ class Orchestrator:
                     # A killed step gives nothing back itself; its limits would otherwise
                     # stay taken until their lease ran out.
                     view = self.store.load_step(workflow_id, step_id)
-                    with contextlib.suppress(KeyTemplateError):
-                        self.flow.release(view, self.flow.limits_of(view))
+                    self.flow.release(view, self.flow.held_by(view))
             self.store.expire(workflow_id)
             return WorkflowState.cancelled.value
         raise Unreachable(f"workflow {workflow_id}: too busy to cancel, try again")

@@ -23,7 +23,7 @@ from config.topology import PriorityClass
 from orchestrator.admission import Admission, Load
 from orchestrator.errors import NotFound
 from orchestrator.states import WORKFLOW_FINAL, WorkflowState
-from orchestrator.store import Change, Conflict, StateStore
+from orchestrator.store import Change, Conflict, StateStore, text
 
 log = logging.getLogger("treadle.shedding")
 
@@ -74,22 +74,9 @@ class LoadShedder:
         )
         # The newest first: the oldest bulk work keeps its place.
         for raw in redis.zrevrange(keys.unstarted, 0, BATCH - 1):
-            workflow_id = _text(raw)
+            workflow_id = text(raw)
             now = time.time()
-            try:
-                self.store.apply(
-                    workflow_id,
-                    [
-                        Change(
-                            None,
-                            WorkflowState.pending.value,
-                            WorkflowState.parked.value,
-                            {"parked_at": repr(now)},
-                            {"at": now, "reason": why},
-                        )
-                    ],
-                )
-            except (Conflict, NotFound):
+            if not self._move(workflow_id, WorkflowState.pending, WorkflowState.parked, why):
                 redis.zrem(keys.unstarted, workflow_id)  # it has started, or ended
                 continue
             with redis.pipeline(transaction=True) as pipe:
@@ -107,24 +94,10 @@ class LoadShedder:
     def _resume(self, report: ShedReport) -> None:
         keys, redis = self.store.keys, self.store.redis
         for raw in redis.zrange(keys.parked, 0, BATCH - 1):
-            workflow_id = _text(raw)
-            now = time.time()
-            try:
-                self.store.apply(
-                    workflow_id,
-                    [
-                        Change(
-                            None,
-                            WorkflowState.parked.value,
-                            WorkflowState.pending.value,
-                            {"resumed_at": repr(now)},
-                            {"at": now, "reason": "load fell below every class's low mark"},
-                        )
-                    ],
-                )
-            except (Conflict, NotFound):
-                pass  # cancelled meanwhile: _finish_resumed clears it up
-            else:
+            workflow_id = text(raw)
+            why = "load fell below every class's low mark"
+            # If it was cancelled meanwhile, _republish clears it up all the same.
+            if self._move(workflow_id, WorkflowState.parked, WorkflowState.pending, why):
                 report.resumed.append(workflow_id)
                 log.warning("workflow %s resumed: the load has fallen", workflow_id)
             self._republish(workflow_id)
@@ -132,11 +105,25 @@ class LoadShedder:
             if not all_calm(self.admission.loads()):
                 break
 
+    def _move(self, workflow_id: str, old: WorkflowState, new: WorkflowState, why: str) -> bool:
+        """Park or resume a workflow (a compare-and-set on its state); False if it was
+        not in state ``old`` any more."""
+        now = time.time()
+        at = "parked_at" if new == WorkflowState.parked else "resumed_at"
+        try:
+            self.store.apply(
+                workflow_id,
+                [Change(None, old.value, new.value, {at: repr(now)}, {"at": now, "reason": why})],
+            )
+        except (Conflict, NotFound):
+            return False
+        return True
+
     def _finish_resumed(self) -> None:
         """Messages of workflows no longer parked (resumed by a process that died before
         publishing them again, or cancelled) go out now; they ran on nothing meanwhile."""
         keys, redis = self.store.keys, self.store.redis
-        ids = [_text(i) for i in redis.zrange(keys.parked, 0, -1)]
+        ids = [text(i) for i in redis.zrange(keys.parked, 0, -1)]
         if not ids:
             return
         with redis.pipeline(transaction=False) as pipe:
@@ -144,12 +131,12 @@ class LoadShedder:
                 pipe.hget(keys.workflow(workflow_id), "state")
             states = pipe.execute()
         for workflow_id, state in zip(ids, states, strict=True):
-            if _text(state) != WorkflowState.parked.value:
+            if text(state) != WorkflowState.parked.value:
                 self._republish(workflow_id)
 
     def _republish(self, workflow_id: str) -> None:
         keys, redis = self.store.keys, self.store.redis
-        state = _text(redis.hget(keys.workflow(workflow_id), "state"))
+        state = text(redis.hget(keys.workflow(workflow_id), "state"))
         kept = redis.hgetall(keys.parked_messages(workflow_id))
         for step_id, message in kept.items():
             # A cancelled workflow's steps are already recorded cancelled: no need to
@@ -158,9 +145,3 @@ class LoadShedder:
                 self.publish(json.loads(message))
             redis.hdel(keys.parked_messages(workflow_id), step_id)
         redis.zrem(keys.parked, workflow_id)
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)

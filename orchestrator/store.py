@@ -110,6 +110,11 @@ class StepView:
     tenant: str = ""
     sequence: int = 0  # the workflow's submission number (orders concurrency-key waiters)
 
+    @property
+    def pool(self) -> str:
+        """The class (and pool) the step runs in: its own, else its workflow's."""
+        return str(self.definition.get("priority") or self.priority)
+
 
 def step_definitions(workflow: Workflow, compiled: Compiled) -> dict[str, dict[str, Any]]:
     """What is stored of each step: its spec, and for counter steps whom they release."""
@@ -231,7 +236,7 @@ class StateStore:
                 self.keys.limits_active,
             ],
         )
-        return _text(wid), _text(outcome) == "created"
+        return text(wid), text(outcome) == "created"
 
     def apply(
         self, workflow_id: str, changes: Sequence[Change], tail: str | None = None
@@ -255,14 +260,14 @@ class StateStore:
             self.keys.outstanding,
         ]
         if tail is None:
-            tail = _text(self._guard(lambda: self.redis.hget(keys[0], "audit_tail")) or b"")
+            tail = text(self._guard(lambda: self.redis.hget(keys[0], "audit_tail")) or b"")
         # The same token on every try of this batch, so the script can tell a repeat.
         token = uuid.uuid4().hex
         for _ in range(_MAX_STALE_RETRIES):
             args: list[Any] = []
             prev = tail
             for change in changes:
-                text, prev = audit.seal(
+                sealed, prev = audit.seal(
                     {
                         "workflow_id": workflow_id,
                         "step_id": change.target,
@@ -277,7 +282,7 @@ class StateStore:
                     change.expected,
                     change.new,
                     json.dumps(change.fields),
-                    text,
+                    sealed,
                     change.result_json or "",
                     json.dumps(list(change.release)) if change.release else "",
                     json.dumps(change.definition) if change.definition is not None else "",
@@ -287,18 +292,18 @@ class StateStore:
             reply = self.run_script(
                 self._transition, keys=keys, args=[tail, prev, len(changes), token, *args]
             )
-            status = _text(reply[0])
+            status = text(reply[0])
             if status == "ok":
                 return Applied(
                     int(reply[1] or 0),
                     int(reply[2] or 0),
-                    _text(reply[3]),
-                    tuple(_text(r) for r in reply[4:]),
+                    text(reply[3]),
+                    tuple(text(r) for r in reply[4:]),
                 )
             if status == "stale":
-                tail = _text(reply[1])
+                tail = text(reply[1])
                 continue
-            raise Conflict(_text(reply[1]) or None, _text(reply[2]))
+            raise Conflict(text(reply[1]) or None, text(reply[2]))
         raise Unreachable(f"workflow {workflow_id}: audit chain too contended to append to")
 
     # -- reading -------------------------------------------------------------------------
@@ -340,14 +345,14 @@ class StateStore:
             step_id=step_id,
             definition=definition,
             record=json.loads(raw_record),
-            workflow_state=_text(wf[0]),
-            priority=_text(wf[1]),
-            on_failure=_text(wf[2]),
+            workflow_state=text(wf[0]),
+            priority=text(wf[1]),
+            on_failure=text(wf[2]),
             params=json.loads(wf[3] or b"{}"),
             results=results,
             dependency_states=dep_states,
-            audit_tail=_text(wf[4] or b""),
-            tenant=_text(wf[5]),
+            audit_tail=text(wf[4] or b""),
+            tenant=text(wf[5]),
             sequence=int(wf[6] or 0),
         )
 
@@ -356,7 +361,7 @@ class StateStore:
         first = self._guard(lambda: self.redis.get(self.keys.idempotency(idempotency_key)))
         if first is None:
             return None
-        workflow_id = _text(first)
+        workflow_id = text(first)
         exists = self._guard(lambda: self.redis.exists(self.keys.workflow(workflow_id)))
         return workflow_id if exists else None
 
@@ -364,11 +369,11 @@ class StateStore:
         raw = self._guard(lambda: self.redis.hgetall(self.keys.workflow(workflow_id)))
         if not raw:
             raise NotFound(f"no workflow {workflow_id!r}")
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     def step_records(self, workflow_id: str) -> dict[str, dict[str, Any]]:
         raw = self._guard(lambda: self.redis.hgetall(self.keys.steps(workflow_id)))
-        return {_text(k): json.loads(v) for k, v in raw.items()}
+        return {text(k): json.loads(v) for k, v in raw.items()}
 
     def step_records_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not step_ids:
@@ -378,7 +383,7 @@ class StateStore:
 
     def step_defs(self, workflow_id: str) -> dict[str, dict[str, Any]]:
         raw = self._guard(lambda: self.redis.hgetall(self.keys.defs(workflow_id)))
-        return {_text(k): json.loads(v) for k, v in raw.items()}
+        return {text(k): json.loads(v) for k, v in raw.items()}
 
     def step_defs_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not step_ids:
@@ -399,7 +404,7 @@ class StateStore:
     def waiting_counts(self, workflow_id: str) -> dict[str, int]:
         """Counter steps and how many of their dependencies have not ended yet."""
         raw = self._guard(lambda: self.redis.hgetall(self.keys.waiting(workflow_id)))
-        return {_text(k): int(v) for k, v in raw.items()}
+        return {text(k): int(v) for k, v in raw.items()}
 
     def results_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, Any]:
         if not step_ids:
@@ -409,7 +414,7 @@ class StateStore:
 
     def results(self, workflow_id: str) -> dict[str, Any]:
         raw = self._guard(lambda: self.redis.hgetall(self.keys.results(workflow_id)))
-        return {_text(k): json.loads(v) for k, v in raw.items()}
+        return {text(k): json.loads(v) for k, v in raw.items()}
 
     def status(self, workflow_id: str) -> dict[str, Any]:
         """The ``treadle status --json`` object."""
@@ -463,12 +468,12 @@ class StateStore:
             batch = ids[start : start + 500]
             with self.redis.pipeline(transaction=False) as pipe:
                 for wid in batch:
-                    pipe.hmget(self.keys.workflow(_text(wid)), *fields, *counts)
+                    pipe.hmget(self.keys.workflow(text(wid)), *fields, *counts)
                 rows = self.execute(pipe)
             for row in rows:
                 if row[0] is None:
                     continue
-                item: dict[str, Any] = {f: _text(v) for f, v in zip(fields, row, strict=False)}
+                item: dict[str, Any] = {f: text(v) for f, v in zip(fields, row, strict=False)}
                 item["submitted_at"] = _float(item["submitted_at"])
                 item["finished_at"] = _float(item["finished_at"])
                 item["steps_done"], item["steps_total"] = int(row[6] or 0), int(row[7] or 0)
@@ -486,7 +491,7 @@ class StateStore:
             entries, tail = self.execute(pipe)
         if tail is None:
             raise NotFound(f"no workflow {workflow_id!r}")
-        return [_text(e) for e in entries], _text(tail)
+        return [text(e) for e in entries], text(tail)
 
     def set_fields(self, workflow_id: str, fields: Mapping[Any, str | int | float]) -> None:
         """Bookkeeping fields that are not states (no audit record needed)."""
@@ -535,7 +540,7 @@ class StateStore:
         )
 
     def ids(self) -> Iterable[str]:
-        return [_text(i) for i in self._guard(lambda: self.redis.zrange(self.keys.index, 0, -1))]
+        return [text(i) for i in self._guard(lambda: self.redis.zrange(self.keys.index, 0, -1))]
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -575,7 +580,8 @@ def _with_items(order: list[str], defs: Mapping[str, Mapping[str, Any]]) -> list
     return out
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A Redis reply as text (bytes decoded; None as "")."""
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else str(value)

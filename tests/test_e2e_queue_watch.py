@@ -224,15 +224,21 @@ REBALANCING = (
 )
 
 
-def test_an_idle_bulk_worker_helps_a_flooded_critical_queue_and_goes_back(
-    tmp_path: Path, closing: list[Running]
-) -> None:
+def start_rebalancing(tmp_path: Path, closing: list[Running]) -> Running:
+    """One critical process and an idle bulk worker that may be lent to it."""
     running = start(
         tmp_path,
         REBALANCING,
         workers=[WorkerSpec(CRITICAL, 1, 1), WorkerSpec(BULK, 1, 2)],
     )
     closing.append(running)
+    return running
+
+
+def test_an_idle_bulk_worker_helps_a_flooded_critical_queue_and_goes_back(
+    tmp_path: Path, closing: list[Running]
+) -> None:
+    running = start_rebalancing(tmp_path, closing)
     bulk = node(BULK)
     assert running.queues_of(bulk) == {"bulk"}
     flood = running.client.submit(parallel_sleeps("flood", 40, 0.2))
@@ -266,12 +272,7 @@ def test_an_idle_bulk_worker_helps_a_flooded_critical_queue_and_goes_back(
 def test_a_restarted_orchestrator_gives_back_what_the_last_one_lent(
     tmp_path: Path, closing: list[Running]
 ) -> None:
-    running = start(
-        tmp_path,
-        REBALANCING,
-        workers=[WorkerSpec(CRITICAL, 1, 1), WorkerSpec(BULK, 1, 2)],
-    )
-    closing.append(running)
+    running = start_rebalancing(tmp_path, closing)
     bulk = node(BULK)
     flood = running.client.submit(parallel_sleeps("flood", 40, 0.3))
     wait_until(

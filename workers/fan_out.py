@@ -46,7 +46,7 @@ def fan_out(store: StateStore, task: Task, view: StepView) -> NoReturn:
     definitions = [_item_def(view, i, value) for i, value in enumerate(items)]
     if definitions:
         _create_items(store, view, definitions)
-    priority = view.definition.get("priority") or view.priority
+    priority = view.pool
     # Items that already succeeded (a resumed fan-out) keep their results and do not run
     # again; the join reads every item's result in order.
     records = store.step_records(view.workflow_id) if definitions else {}

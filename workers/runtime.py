@@ -228,7 +228,7 @@ class StepRuntime:
                 step_id=step_id,
                 task=task.name,
                 attempt=attempt_no,
-                pool=view.definition.get("priority") or view.priority,
+                pool=view.pool,
                 worker=worker,
             )
             return _Attempt(view, definition, call, refusal, limits)
@@ -236,9 +236,9 @@ class StepRuntime:
 
     def _park(self, task: Task, view: StepView) -> bool:
         """Keep this message with its parked workflow (load shedding) until it resumes."""
-        pool = view.definition.get("priority") or view.priority
-        message = task.signature_from_request(task.request, queue=queue_for(pool))
-        parked = self.store.park_message(view.workflow_id, view.step_id, json.dumps(dict(message)))
+        parked = self.store.park_message(
+            view.workflow_id, view.step_id, json.dumps(_again(task, view))
+        )
         if parked:
             log.info(
                 "workflow %s is parked: step %s (%s) waits for it to resume",
@@ -306,21 +306,19 @@ class StepRuntime:
         """Take the step's shared limits, or park its message until they are free (raising
         Ignore: the step holds no worker slot and spends no attempt while it waits).
         Returns the limits taken and, if they cannot be known, why the step must fail."""
-        if self.flow is None or view.definition.get("for_each"):
-            return [], None  # a fan-out's items take the limits, each for itself
+        if self.flow is None:
+            return [], None
         try:
             limits = self.flow.limits_of(view)
         except KeyTemplateError as exc:
             return [], f"concurrency_key cannot be filled in: {exc}"
         if not limits:
             return [], None
-        pool = view.definition.get("priority") or view.priority
-        message = task.signature_from_request(task.request, queue=queue_for(pool))
         timeout_s = float(view.definition.get("timeout_s") or 0)
         # Past the hard time limit the attempt is dead for sure; the heartbeat of its
         # worker usually tells sooner (see FlowControl.reap).
         lease_s = Settings.hard_limit_s(timeout_s) + self.recheck_s if timeout_s else 3600.0
-        waiting = self.flow.acquire(view, limits, self.incarnation, lease_s, dict(message))
+        waiting = self.flow.acquire(view, limits, self.incarnation, lease_s, _again(task, view))
         if waiting is None:
             return limits, None
         self._note_waiting(view, state, waiting)
@@ -388,12 +386,10 @@ class StepRuntime:
         worker dies next), so it waits in the delayed set, holding no worker slot, and
         looks again until that attempt has ended (then it is ignored) or is lost (then it
         runs the step)."""
-        pool = view.definition.get("priority") or view.priority
-        again = task.signature_from_request(task.request, queue=queue_for(pool))
         DelayedMessages(self.store).add(
             f"{view.workflow_id}/{view.step_id}/recheck-{uuid.uuid4().hex[:12]}",
             time.time() + self.recheck_s,
-            dict(again),
+            _again(task, view),
         )
         log.info(
             "workflow %s step %s: attempt %s still runs on %s; this copy looks again in %ss",
@@ -413,16 +409,7 @@ class StepRuntime:
         )
         if lost and self.flow is not None:
             view = self.store.load_step(workflow_id, step_id)
-            self.flow.release(view, self._limits_of(view))
-
-    def _limits_of(self, view: StepView) -> list[Limit]:
-        """The limits an attempt of this step holds (none if its key cannot be filled)."""
-        if self.flow is None or view.definition.get("for_each"):
-            return []
-        try:
-            return self.flow.limits_of(view)
-        except KeyTemplateError:
-            return []
+            self.flow.release(view, self.flow.held_by(view))
 
     def _gate(self, view: StepView, state: StepState) -> str | None:
         """Skip the step (raising _Skipped) if its trigger rule or condition says so;
@@ -551,14 +538,16 @@ class StepRuntime:
             step_id=step_id,
             task=task.name,
             attempt=int(view.record.get("attempts", 1)),
-            pool=view.definition.get("priority") or view.priority,
+            pool=view.pool,
             worker=view.record.get("worker") or "",
         )
         started = float(view.record.get("started_at") or time.time())
         with contextlib.suppress(Ignore, StepFailed):
             self._fail(
                 task,
-                _Attempt(view, definition, call, limits=self._limits_of(view)),
+                _Attempt(
+                    view, definition, call, limits=self.flow.held_by(view) if self.flow else []
+                ),
                 TimeLimitExceeded(error),
                 time.time() - started,
                 request=request,
@@ -677,6 +666,12 @@ class StepRuntime:
                 hook_call(hook)
             except Exception:  # a broken hook must not fail a step that already ran
                 log.exception("step hook %s failed", type(hook).__name__)
+
+
+def _again(task: Task, view: StepView) -> dict[str, Any]:
+    """This delivery's message once more (same task id, same place in its chain or
+    chord), to publish later: a step that must wait keeps it in Redis meanwhile."""
+    return dict(task.signature_from_request(task.request, queue=queue_for(view.pool)))
 
 
 def record_lost_attempt(
