@@ -42,7 +42,6 @@ from orchestrator.occupancy import (  # noqa: E402
     runs,
 )
 from orchestrator.stack import Stack, WorkerSpec  # noqa: E402
-from orchestrator.states import WORKFLOW_FINAL  # noqa: E402
 
 QUICK = {
     "worker_lost_after_s": 3.0,
@@ -67,13 +66,7 @@ resources:
 
 def wait_all(client: Client, ids: list[str], timeout_s: float = 600) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
-    while True:
-        statuses = [client.status(i) for i in ids]
-        if all(s["state"] in WORKFLOW_FINAL for s in statuses):
-            return statuses
-        if time.monotonic() > deadline:
-            raise SystemExit(f"workflows did not finish within {timeout_s} s")
-        time.sleep(0.2)
+    return [client.wait(i, timeout_s=max(deadline - time.monotonic(), 0.0)) for i in ids]
 
 
 def trail(client: Client, ids: list[str]) -> list[Run]:
