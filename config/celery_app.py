@@ -6,9 +6,9 @@ from typing import Any
 
 from celery import Celery
 
-from config.broker_transport import TRANSPORT
 from config.queues import declare_queues, queue_for
 from config.redis_client import BACKOFF_BASE_S, BACKOFF_CAP_S, retry_attempts
+from config.redis_endpoint import RedisEndpoint
 from config.redis_server import discover_running
 from config.settings import Settings
 from config.topology import PriorityClass
@@ -30,17 +30,16 @@ def resolve_redis_url(settings: Settings) -> str:
 
 def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
     """The explicit mapping from treadle's settings to Celery's."""
+    endpoint = RedisEndpoint.of(redis_url, settings)
     transport = {
         # Longer than any step may run (checked in Settings), so a running step's message
         # is never handed to a second worker while the first still holds it.
         "visibility_timeout": settings.visibility_timeout_s,
+        **endpoint.transport_options(),
     }
     retries = retry_attempts(settings.redis_retry_s)
     return {
-        "broker_url": redis_url,
-        "broker_transport": TRANSPORT,
-        # "<class>+<url>" is Celery's way to name a backend class for a URL.
-        "result_backend": f"config.result_backend:PublishOnlyRedisBackend+{redis_url}",
+        **endpoint.celery_options(),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

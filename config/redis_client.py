@@ -1,5 +1,8 @@
 """treadle's Redis clients: one place that says how they connect and ride out outages.
 
+Where they connect to (a server, TLS, the primary Sentinel names) is the endpoint's
+business (``config.redis_endpoint``); this module adds the timeouts and the retry policy.
+
 A Redis restart or failover drops every connection for a moment. redis-py's own retry
 (capped exponential backoff with jitter) reconnects and repeats the command for up to
 ``redis_retry_s``; a repeated state transition is recognised by the store (see
@@ -15,6 +18,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from config.redis_endpoint import RedisEndpoint
 from config.settings import Settings
 
 BACKOFF_BASE_S = 0.05
@@ -33,8 +37,7 @@ def connect(url: str, settings: Settings, retry_s: float | None = None) -> redis
     """A client that retries through a lost connection for ``settings.redis_retry_s``
     (or ``retry_s``: 0 for callers that repeat their work on a timer anyway)."""
     window = settings.redis_retry_s if retry_s is None else retry_s
-    return redis.Redis.from_url(
-        url,
+    return RedisEndpoint.of(url, settings).client(
         retry=Retry(
             ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S),
             retry_attempts(window),
@@ -46,10 +49,10 @@ def connect(url: str, settings: Settings, retry_s: float | None = None) -> redis
     )
 
 
-def answers(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Ping ``url`` once, without retrying: raises redis.ConnectionError/TimeoutError."""
-    with redis.Redis.from_url(
-        url,
+def answers(url: str, settings: Settings, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Ping ``url`` once, without retrying: raises redis.ConnectionError/TimeoutError
+    (an AuthenticationError or a failed TLS handshake is a ConnectionError too)."""
+    with RedisEndpoint.of(url, settings).client(
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(ExponentialWithJitterBackoff(), 0),

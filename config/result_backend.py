@@ -17,12 +17,16 @@ import time
 from typing import Any
 
 import redis
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 
 from config.redis_client import BACKOFF_CAP_S
 
 
-class PublishOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
+class _PublishOnly:
+    """Mixed in before Celery's Redis or Sentinel backend."""
+
+    app: Any
+
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
 
@@ -40,9 +44,19 @@ class PublishOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
         delay = 0.05
         while True:
             try:
-                return super().on_chord_part_return(request, state, result, **kwargs)
+                return super().on_chord_part_return(  # type: ignore[misc]
+                    request, state, result, **kwargs
+                )
             except (redis.ConnectionError, redis.TimeoutError):
                 if time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_CAP_S)
+
+
+class PublishOnlyRedisBackend(_PublishOnly, RedisBackend):  # type: ignore[misc]
+    pass
+
+
+class PublishOnlySentinelBackend(_PublishOnly, SentinelBackend):  # type: ignore[misc]
+    pass

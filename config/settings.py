@@ -11,17 +11,49 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.redis_endpoint import settings_problem
+
 DEFAULT_TOPOLOGY = Path(__file__).with_name("topology.yaml")
 
 
 class Settings(BaseSettings):
     """treadle's configuration. Unknown ``TREADLE_*`` names are refused, not ignored."""
 
-    model_config = SettingsConfigDict(env_prefix="TREADLE_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused setting's error must not echo the Redis password.
+    model_config = SettingsConfigDict(
+        env_prefix="TREADLE_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     redis_url: str | None = Field(
         default=None,
-        description="Broker, result backend and state store. Unset: a private embedded Redis.",
+        # Never in a repr: it may carry the Redis password.
+        repr=False,
+        description="Broker, result backend and state store: redis://, rediss:// (TLS) or "
+        "sentinel://h:26379;sentinel://h2:26379 (see config/redis_endpoint.py). "
+        "Unset: a private embedded Redis.",
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None,
+        description="With a sentinel:// URL: the name the sentinels monitor the primary by.",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the sentinels themselves, if they require one (the "
+        "primary's goes in the URL).",
+    )
+    redis_tls_cert_reqs: Literal["required", "optional", "none"] = Field(
+        default="required",
+        description="With a rediss:// URL: check the server's certificate (and host name) "
+        "against the CA file or the system's CAs: required; none turns checking off.",
+    )
+    redis_tls_ca_file: Path | None = Field(
+        default=None, description="With a rediss:// URL: the CA certificates (PEM) to trust."
+    )
+    redis_tls_cert_file: Path | None = Field(
+        default=None, description="With a rediss:// URL: this client's certificate (PEM)."
+    )
+    redis_tls_key_file: Path | None = Field(
+        default=None, description="With a rediss:// URL: this client's private key (PEM)."
     )
     home: Path = Field(
         default=Path(".treadle"), description="Where the embedded Redis keeps its data and URL."
@@ -94,6 +126,9 @@ class Settings(BaseSettings):
             )
         if self.default_step_timeout_s > self.max_step_timeout_s:
             raise ValueError("default_step_timeout_s must not exceed max_step_timeout_s")
+        problem = settings_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @staticmethod

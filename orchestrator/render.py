@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.tree import Tree
 
+from config.redact import redact_url
 from orchestrator.audit_report import AuditReport
 from orchestrator.compiler import Chain, Chord, Node, Task
 from orchestrator.compiler import Group as CanvasGroup
@@ -294,7 +295,7 @@ def summary(console: Console, statuses: Sequence[dict[str, Any]], labels: Sequen
 
 
 def stack_banner(console: Console, stack: Any) -> None:
-    console.print(f"[bold]treadle is up[/]  redis: {stack.redis_url}")
+    console.print(f"[bold]treadle is up[/]  redis: {redact_url(stack.redis_url)}")
     for child in stack.children:
         console.print(f"  {child.name:<14} pid {child.process.pid:<8} log {child.log_path}")
     if stack.flower_port:

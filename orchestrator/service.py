@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 
 from config.celery_app import make_app, resolve_redis_url
+from config.redact import redact_url
 from config.redis_client import answers, connect
 from config.settings import Settings
 from config.topology import Topology, load_topology
@@ -139,9 +140,9 @@ class Orchestrator:
     def from_settings(cls, settings: Settings, redis_url: str | None = None) -> Orchestrator:
         url = redis_url or resolve_redis_url(settings)
         try:
-            answers(url)  # at once: a CLI command must not wait out the retry window
+            answers(url, settings)  # at once: a CLI command must not wait out the retry window
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise Unreachable(f"Redis at {_safe_url(url)} cannot be reached: {exc}") from exc
+            raise Unreachable(f"Redis at {redact_url(url)} cannot be reached: {exc}") from exc
         client = connect(url, settings)
         return cls(
             settings,
@@ -248,11 +249,3 @@ class Orchestrator:
                 f"({letter.get('error')}); it cannot be replayed, only purged"
             )
         return self.resume(letter["workflow_id"])
-
-
-def _safe_url(url: str) -> str:
-    """A Redis URL without its password, for messages and logs."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -25,7 +25,9 @@ from typing import IO, Any
 import redis
 
 from config.celery_app import make_app
+from config.redact import redact_url
 from config.redis_client import answers
+from config.redis_endpoint import connection_environment
 from config.redis_server import EmbeddedRedis
 from config.settings import Settings
 from config.topology import PRIORITY_ORDER, PriorityClass, load_topology
@@ -167,6 +169,11 @@ class Stack:
         env = dict(os.environ)
         env.update(self.extra_env)
         env["TREADLE_REDIS_URL"] = self.redis_url
+        for name, value in connection_environment(self.settings).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         env["TREADLE_HOME"] = str(self.home)
         env["TREADLE_TOPOLOGY"] = str(self.settings.topology)
         env["TREADLE_TASK_MODULES"] = self.settings.task_modules
@@ -215,9 +222,11 @@ class Stack:
 
     def _check_redis(self) -> None:
         try:
-            answers(self.redis_url)
+            answers(self.redis_url, self.settings)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise Unreachable(f"Redis cannot be reached: {exc}") from exc
+            raise Unreachable(
+                f"Redis at {redact_url(self.redis_url)} cannot be reached: {exc}"
+            ) from exc
 
     def wait_http(self, port: int, timeout_s: float = _READY_TIMEOUT_S) -> None:
         """Until something accepts connections on the loopback ``port``."""
