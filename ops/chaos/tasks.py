@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import time
 
-import redis
-
+from config.redis_client import connect
+from config.settings import get_settings
 from workers import StepContext, task
 
 LEDGER = "chaos:ledger"  # idempotency key -> the attempt whose effect was applied
@@ -17,7 +17,8 @@ CALLS = "chaos:calls"  # every call, including those of attempts that were kille
 @task(name="chaos.effect")
 def effect(ctx: StepContext, work_s: float = 0.05) -> bool:
     time.sleep(work_s)
-    with redis.Redis.from_url(os.environ["TREADLE_REDIS_URL"]) as client:
+    # treadle's own client: it follows a Sentinel failover and rides out a restart.
+    with connect(os.environ["TREADLE_REDIS_URL"], get_settings()) as client:
         client.rpush(CALLS, ctx.idempotency_key)
         # The service applies a key's effect once, however often it is asked.
         return bool(client.hsetnx(LEDGER, ctx.idempotency_key, ctx.attempt))
