@@ -41,7 +41,8 @@ def _settings() -> Settings:
         problems = [
             f"TREADLE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
             if e["loc"]
-            else f"settings: {e['msg']}"
+            # A check across settings names the settings itself.
+            else e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         ]
         raise InvalidInput("\n".join(problems) or str(exc)) from exc

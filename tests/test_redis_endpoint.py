@@ -19,6 +19,7 @@ from config.redis_endpoint import (
     parse,
 )
 from config.settings import Settings
+from tests.conftest import clean_env, treadle
 
 SECRET = "s3cr3t-Pa55"
 
@@ -186,3 +187,13 @@ def test_child_processes_get_the_same_connection_settings(tmp_path: Path) -> Non
     assert env["TREADLE_REDIS_SENTINEL_MASTER"] is None
     endpoint = RedisEndpoint.of("rediss://h:6380", settings)
     assert endpoint.tls == Tls(cert_reqs="optional", ca_file=ca)
+
+
+def test_the_cli_refuses_a_wrong_redis_setting_with_exit_2_and_no_password(
+    tmp_path: Path,
+) -> None:
+    env = clean_env(redis_url=f"sentinel://:{SECRET}@127.0.0.1:26379")
+    result = treadle("list", env=env, cwd=tmp_path, timeout_s=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: TREADLE_REDIS_SENTINEL_MASTER is required")
+    assert SECRET not in result.stdout + result.stderr
