@@ -111,10 +111,6 @@ class RedisEndpoint:
     def is_sentinel(self) -> bool:
         return self.scheme == "sentinel"
 
-    @property
-    def safe_url(self) -> str:
-        return redact_url(self.url)
-
     # -- Celery and kombu ------------------------------------------------------------------
 
     def celery_options(self) -> dict[str, Any]:

@@ -119,7 +119,11 @@ def test_celery_gets_the_master_name_in_both_transport_options() -> None:
 
 def test_celery_shows_the_backend_and_broker_without_the_password() -> None:
     url = f"sentinel://:{SECRET}@a:26379;sentinel://:{SECRET}@b:26379"
-    settings = Settings(redis_url=url, redis_sentinel_master="m")
+    settings = Settings(
+        redis_url=url,
+        redis_sentinel_master="m",
+        redis_sentinel_password=SECRET,  # type: ignore[arg-type]
+    )
     app = make_app(settings, url)
     try:
         shown = [app.backend.as_uri(), app.connection_for_write().as_uri()]
