@@ -13,6 +13,7 @@ not applied twice.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -33,16 +34,24 @@ def retry_attempts(window_s: float) -> int:
     return 0 if window_s <= 0 else math.ceil(window_s / BACKOFF_CAP_S) + 5
 
 
+def retry_options(window_s: float) -> dict[str, Any]:
+    """redis-py connection options that retry a command through a lost connection for
+    about ``window_s`` seconds (for treadle's clients and Celery's result backend)."""
+    return {
+        "retry": Retry(
+            ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S),
+            retry_attempts(window_s),
+        ),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
+
+
 def connect(url: str, settings: Settings, retry_s: float | None = None) -> redis.Redis:
     """A client that retries through a lost connection for ``settings.redis_retry_s``
     (or ``retry_s``: 0 for callers that repeat their work on a timer anyway)."""
     window = settings.redis_retry_s if retry_s is None else retry_s
     return RedisEndpoint.of(url, settings).client(
-        retry=Retry(
-            ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S),
-            retry_attempts(window),
-        ),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        **retry_options(window),
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,

@@ -22,7 +22,6 @@ class CuttingProxy:
         self._listener = socket.create_server((parts.hostname, 0))
         self.port: int = self._listener.getsockname()[1]
         self._command: bytes | None = None
-        self._armed = threading.Event()
         self._closed = threading.Event()
         self.cuts = 0
         self._sockets: list[socket.socket] = []
@@ -64,17 +63,24 @@ class CuttingProxy:
             server = socket.create_connection(self.target)
             with self._lock:
                 self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+            # Per connection: the reply cut is the one to the command seen on it, even
+            # when many clients talk through the proxy at once.
+            armed = threading.Event()
+            for source, sink, replies in ((client, server, False), (server, client, True)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, replies, armed), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, replies: bool, armed: threading.Event
+    ) -> None:
         try:
             while chunk := source.recv(65536):
                 if not replies and self._command is not None and self._command in chunk:
                     self._command = None
-                    self._armed.set()
-                elif replies and self._armed.is_set():
-                    self._armed.clear()
+                    armed.set()
+                elif replies and armed.is_set():
+                    armed.clear()
                     self.cuts += 1
                     break  # the reply is dropped with the connection
                 sink.sendall(chunk)
