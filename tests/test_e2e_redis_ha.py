@@ -191,12 +191,15 @@ def test_workflows_finish_when_the_primary_dies_and_sentinel_promotes_the_replic
         )
         failover_s = time.monotonic() - killed_at
 
-        wait_until(
-            lambda: all(client.status(w)["state"] in WORKFLOW_FINAL for w in ids),
-            120,
-            "every workflow to end after the failover",
-            poll_s=0.25,
-        )
+        try:
+            wait_until(
+                lambda: all(client.status(w)["state"] in WORKFLOW_FINAL for w in ids),
+                120,
+                "every workflow to end after the failover",
+                poll_s=0.25,
+            )
+        except pytest.fail.Exception:
+            pytest.fail(f"still running after the failover: {unfinished_steps(client, ids)}")
         finished_s = time.monotonic() - killed_at
         for workflow_id in ids:
             status = client.status(workflow_id)
@@ -214,6 +217,20 @@ def test_workflows_finish_when_the_primary_dies_and_sentinel_promotes_the_replic
         f"failover took {failover_s:.1f} s; {len(unfinished)} workflows were running, "
         f"all ended {finished_s:.1f} s after the kill"
     )
+
+
+def unfinished_steps(client: Client, ids: list[str]) -> dict[str, dict[str, str]]:
+    """The steps that have not ended, of each workflow that has not: for a failure."""
+    found = {}
+    for workflow_id in ids:
+        status = client.status(workflow_id)
+        if status["state"] not in WORKFLOW_FINAL:
+            found[workflow_id] = {
+                s["id"]: s["state"]
+                for s in status["steps"]
+                if s["state"] not in ("succeeded", "skipped")
+            }
+    return found
 
 
 def effect_keys(status: dict[str, Any]) -> set[str]:
