@@ -10,14 +10,16 @@ from types import TracebackType
 
 class CuttingProxy:
     """A TCP proxy in front of Redis that can drop a connection right after the server
-    answered a command, before the client reads the answer: the command ran, the caller
-    cannot know. ``cut_reply_to(b"EVALSHA")`` arms it for the next such command."""
+        answered a command, before the client reads the answer: the command ran, the caller
+        cannot know. ``cut_reply_to(b"EVALSHA")`` arms it for the next such command (or the
+    next ``times`` of them)."""
 
     def __init__(self, target_port: int, host: str = "127.0.0.1"):
         self.target = (host, target_port)
         self._listener = socket.create_server((host, 0))
         self.port: int = self._listener.getsockname()[1]
         self._command: bytes | None = None
+        self._times = 0
         self._armed = threading.Event()
         self._closed = threading.Event()
         self.cuts = 0
@@ -28,7 +30,8 @@ class CuttingProxy:
     def url(self) -> str:
         return f"redis://{self.target[0]}:{self.port}/0"
 
-    def cut_reply_to(self, command: bytes) -> None:
+    def cut_reply_to(self, command: bytes, times: int = 1) -> None:
+        self._times = times
         self._command = command
 
     def __enter__(self) -> CuttingProxy:
@@ -64,7 +67,9 @@ class CuttingProxy:
         try:
             while chunk := source.recv(65536):
                 if not replies and self._command is not None and self._command in chunk:
-                    self._command = None
+                    self._times -= 1
+                    if self._times <= 0:
+                        self._command = None
                     self._armed.set()
                 elif replies and self._armed.is_set():
                     self._armed.clear()
