@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from orchestrator.occupancy import Run, max_overlap, max_starts_per_window, over
 from orchestrator.stack import Stack, WorkerSpec
 from orchestrator.states import WORKFLOW_FINAL
 from tests.conftest import TEST_MODULES, run_cli, wait_until
+from tests.tasks import open_gate
 
 pytestmark = pytest.mark.e2e
 
@@ -249,10 +251,11 @@ def test_admission_refuses_a_class_over_its_watermark_and_enqueues_nothing(
     flow_stack: tuple[Stack, Client], tmp_path: Path
 ) -> None:
     stack, client = flow_stack
+    gate = f"admission-{uuid.uuid4().hex}"
     spec = {
         "name": "bulk-load",
         "priority": "bulk",
-        "steps": parallel("b", 3, "treadle.sleep", args={"seconds": 1.5}),
+        "steps": parallel("b", 3, "tests.hold", args={"name": gate}),
     }
     admitted = [client.submit(spec) for _ in range(2)]  # 6 outstanding: the watermark
     before = len(client.list())
@@ -265,7 +268,9 @@ def test_admission_refuses_a_class_over_its_watermark_and_enqueues_nothing(
     with pytest.raises(Refused) as caught:
         client.submit(spec)
     assert caught.value.retry_after_s >= 1
+    assert len(client.list()) == before
     # Asked to, the client waits as told and gets in once the class has drained.
+    open_gate(gate, stack.redis_url)
     late = client.submit(spec, retry_refused_s=60)
     statuses = finished(client, *admitted, late)
     assert all(s["state"] == "succeeded" for s in statuses)
@@ -278,13 +283,14 @@ def test_admission_refuses_a_class_over_its_watermark_and_enqueues_nothing(
 def test_unstarted_bulk_work_is_parked_under_overload_and_resumed_after(
     flow_stack: tuple[Stack, Client],
 ) -> None:
-    _, client = flow_stack
+    stack, client = flow_stack
     # Both bulk processes busy, so the next bulk workflows wait unstarted on the queue.
+    gate = f"blocker-{uuid.uuid4().hex}"
     blocker = client.submit(
         {
             "name": "bulk-blocker",
             "priority": "bulk",
-            "steps": parallel("b", 2, "treadle.sleep", args={"seconds": 2.0}),
+            "steps": parallel("b", 2, "tests.hold", args={"name": gate}),
         }
     )
     chain = [
@@ -307,6 +313,7 @@ def test_unstarted_bulk_work_is_parked_under_overload_and_resumed_after(
         20,
         "the unstarted bulk workflows to be parked",
     )
+    open_gate(gate, stack.redis_url)
     statuses = finished(client, blocker, surge, *sheddable, timeout_s=90)
     assert all(s["state"] == "succeeded" for s in statuses), [s["state"] for s in statuses]
     surge_end = statuses[1]["finished_at"]
