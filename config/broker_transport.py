@@ -10,14 +10,41 @@ Redis restart that finds it holding messages (compare celery#10205, celery#10302
 Here the channel reports the detached transport as the connection error it is; Celery
 then reconnects as usual. The messages it could not put back stay in kombu's ``unacked``
 hash, where the recovery sweep finds them (``orchestrator.stranded``).
+
+It also lets a message jump its queue: one published with the ``treadle_front`` header
+goes to the consuming end (kombu LPUSHes and workers BRPOP from the right). treadle uses
+it for a step that waited for a shared limit and has just been woken: it was at the front
+of its queue when it was refused, and behind a flood of fresh messages its token or
+permit would go unused (a refilled bucket overflows while it waits in line).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
+
+FRONT_OF_QUEUE_HEADER = "treadle_front"
+
+
+def to_front(signature: Mapping[str, Any]) -> dict[str, Any]:
+    """The signature (as a dict), published at the front of its queue."""
+    options = dict(signature.get("options") or {})
+    options["headers"] = {**(options.get("headers") or {}), FRONT_OF_QUEUE_HEADER: True}
+    return {**signature, "options": options}
+
+
+def in_line(signature: Mapping[str, Any]) -> dict[str, Any]:
+    """The signature (as a dict), published at the back of its queue as usual."""
+    options = dict(signature.get("options") or {})
+    headers = {
+        k: v for k, v in (options.get("headers") or {}).items() if k != FRONT_OF_QUEUE_HEADER
+    }
+    options["headers"] = headers
+    return {**signature, "options": options}
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
@@ -25,6 +52,16 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if self.connection.client is None:
             raise redis.ConnectionError("the broker connection was closed")
         return super()._connparams(asynchronous)
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if not (message.get("headers") or {}).get(FRONT_OF_QUEUE_HEADER) or kwargs.get(
+            "_publish_batch"
+        ):
+            return super()._put(queue, message, **kwargs)  # type: ignore[no-any-return]
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client:
+            client.rpush(key, dumps(message))
+        return None
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
