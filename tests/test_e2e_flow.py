@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,6 +246,44 @@ def test_a_tenant_cap_leaves_room_for_another_tenant(flow_stack: tuple[Stack, Cl
     assert max_overlap(big) <= 2  # the cap, although the pool has 4 processes
     small_start = step_runs(client, [small])[0].start
     assert small_start < max(r.start for r in big), "the small tenant waited for the flood"
+
+
+def test_tenants_at_their_caps_take_turns_with_a_newcomer(
+    flow_stack: tuple[Stack, Client],
+) -> None:
+    _, client = flow_stack
+    # Two tenants at their caps (2 each) fill the pool's 4 processes, with more waiting.
+    floods = [
+        client.submit(
+            {
+                "name": f"tenant-{tenant}",
+                "tenant": tenant,
+                "steps": parallel(tenant, 10, "treadle.sleep", args={"seconds": 0.3}),
+            }
+        )
+        for tenant in ("a", "b")
+    ]
+
+    def pool_full() -> bool:
+        steps = [s for w in floods for s in client.status(w)["steps"]]
+        return sum(s["state"] == "running" for s in steps) == 4
+
+    wait_until(pool_full, 30, "both tenants to run at their caps")
+    arrived = time.time()
+    late = client.submit(
+        {
+            "name": "tenant-c",
+            "tenant": "c",
+            "steps": [{"id": "c", "task": "treadle.sleep", "args": {"seconds": 0.1}}],
+        }
+    )
+    statuses = finished(client, *floods, late)
+    assert all(s["state"] == "succeeded" for s in statuses)
+    c_start = step_runs(client, [late])[0].start
+    overtaking = [r for r in step_runs(client, floods) if arrived < r.start < c_start]
+    # Its turn comes with the first freed slot, or the one after if two free at once:
+    # the floods' woken steps do not keep jumping ahead of it.
+    assert len(overtaking) <= 2, f"{len(overtaking)} steps of the floods went first"
 
 
 def test_admission_refuses_a_class_over_its_watermark_and_enqueues_nothing(

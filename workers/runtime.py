@@ -23,7 +23,7 @@ from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 
-from config.broker_transport import in_line, to_front
+from config.broker_transport import in_line
 from config.queues import queue_for
 from config.settings import Settings
 from orchestrator import audit
@@ -319,9 +319,7 @@ class StepRuntime:
         # Past the hard time limit the attempt is dead for sure; the heartbeat of its
         # worker usually tells sooner (see FlowControl.reap).
         lease_s = Settings.hard_limit_s(timeout_s) + self.recheck_s if timeout_s else 3600.0
-        # Woken, it goes to the front of the queue: it was there when it was refused.
-        message = to_front(_again(task, view))
-        waiting = self.flow.acquire(view, limits, self.incarnation, lease_s, message)
+        waiting = self.flow.acquire(view, limits, self.incarnation, lease_s, _again(task, view))
         if waiting is None:
             return limits, None
         self._note_waiting(view, state, waiting)

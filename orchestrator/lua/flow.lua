@@ -17,7 +17,9 @@
 -- ARGV: 1 operation, 2 limits (JSON array), 3 prefix of worker heartbeat keys, then:
 --   acquire  4 member, 5 worker incarnation, 6 lease seconds, 7 place in ordered queues
 --            (submission order; other queues are in order of arrival), 8 message id,
---            9 message JSON
+--            9 message JSON to publish when woken, 10 the same to publish when woken
+--            from a tenant's cap ('' = the same as 9): a tenant's step goes back in
+--            line behind the other tenants' steps, others go to the front
 --            -> {'ok'} or {'wait', n (1-based limit), reason, due ('' = until woken),
 --                first member of that limit's queue, a holder of it}
 --   release  4 member, 5 circuit verdict ('success', 'failure' or ''),
@@ -278,7 +280,11 @@ if op == 'acquire' then
           unpark(other, member)
         end
       end
-      park(limit, member, score_in(limit), ARGV[8], ARGV[9], due)
+      local message = ARGV[9]
+      if limit.kind == 'tenant' and ARGV[10] ~= '' then
+        message = ARGV[10]
+      end
+      park(limit, member, score_in(limit), ARGV[8], message, due)
       local head = redis.call('ZRANGE', key(limit, 'queue'), 0, 0)
       local holder = redis.call('ZRANGE', key(limit, 'holders'), 0, 0)
       return {'wait', i, reason, due and tostring(due) or '', head[1] or '', holder[1] or ''}
