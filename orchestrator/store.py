@@ -441,6 +441,8 @@ class StateStore:
                     **({"skip_reason": record["skip_reason"]} if "skip_reason" in record else {}),
                     # A queued step held back by a shared limit (orchestrator.flow).
                     **({"waiting_for": record["waiting_for"]} if record.get("waiting_for") else {}),
+                    # Moved up a class by aging (orchestrator.queue_watch): it ran there.
+                    **({"promoted_to": record["promoted_to"]} if "promoted_to" in record else {}),
                 }
             )
         return {
