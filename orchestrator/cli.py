@@ -321,6 +321,16 @@ def dlq_purge() -> None:
         out.print(f"purged {client.dead_letters.purge()} dead letter(s)")
 
 
+@main.command()
+def metrics() -> None:
+    """Print the Prometheus metrics (what the HTTP API serves at /metrics)."""
+    from orchestrator.metrics import exposition
+
+    with _client() as client:
+        body, _ = exposition(client.orchestrator.store, client.orchestrator.checker.topology)
+    sys.stdout.write(body.decode())
+
+
 # -- processes -------------------------------------------------------------------------
 
 

@@ -93,7 +93,7 @@ class FlowControl:
         self.store = store
         self.topology = topology
         keys = store.keys
-        self._keys = [keys.delayed, keys.delayed_entries, keys.limits_active]
+        self._keys = [keys.delayed, keys.delayed_entries, keys.limits_active, keys.metrics]
         self._script = store.redis.register_script(lua_script("flow.lua"))
 
     # -- what a step takes ---------------------------------------------------------------

@@ -213,6 +213,7 @@ class StateStore:
                 self.keys.index,
                 idem,
                 self.keys.waiting(workflow_id),
+                self.keys.metrics,
             ],
             args=[
                 workflow_id,
@@ -258,6 +259,8 @@ class StateStore:
             self.keys.dead_letters,
             self.keys.dead_letters_by_time,
             self.keys.outstanding,
+            self.keys.metrics,
+            self.keys.running,
         ]
         if tail is None:
             tail = text(self._guard(lambda: self.redis.hget(keys[0], "audit_tail")) or b"")

@@ -26,6 +26,7 @@ from orchestrator.occupancy import Run, max_overlap, max_starts_per_window, over
 from orchestrator.stack import Stack, WorkerSpec
 from orchestrator.states import WORKFLOW_FINAL
 from tests.conftest import TEST_MODULES, run_cli, wait_until
+from tests.scraping import scrape, value
 from tests.tasks import open_gate
 
 pytestmark = pytest.mark.e2e
@@ -112,6 +113,7 @@ def test_a_rate_limit_holds_across_worker_processes_and_waiting_steps_hold_no_sl
     assert max_starts_per_window(starts) <= 12
     waited = [r for r in records(client, flood) if r.get("waiting_for") == "api"]
     assert len(waited) >= 15, "most of the flood should have waited for the bucket"
+    assert value(scrape(client), "treadle_limit_deferrals_total", limit="api", reason="rate") >= 15
     # Waiting steps hold no worker slot: a step of the same pool ran meanwhile.
     unrelated_end = statuses[1]["steps"][0]["finished_at"]
     assert unrelated_end < max(starts)
@@ -266,7 +268,7 @@ def test_tenants_at_their_caps_take_turns_with_a_newcomer(
 
     def pool_full() -> bool:
         steps = [s for w in floods for s in client.status(w)["steps"]]
-        return sum(s["state"] == "running" for s in steps) == 4
+        return sum(s["state"] == "running" for s in steps) == 4  # type: ignore[no-any-return]
 
     wait_until(pool_full, 30, "both tenants to run at their caps")
     arrived = time.time()
@@ -304,10 +306,15 @@ def test_admission_refuses_a_class_over_its_watermark_and_enqueues_nothing(
     assert refused.returncode == 3, refused.stderr
     assert "retry in" in refused.stderr and "watermark of 6" in refused.stderr
     assert len(client.list()) == before  # nothing of it was written
+    refusals = value(scrape(client), "treadle_admission_refused_total", **{"class": "bulk"})
     with pytest.raises(Refused) as caught:
         client.submit(spec)
     assert caught.value.retry_after_s >= 1
     assert len(client.list()) == before
+    assert (
+        value(scrape(client), "treadle_admission_refused_total", **{"class": "bulk"})
+        == refusals + 1
+    )
     # Asked to, the client waits as told and gets in once the class has drained.
     open_gate(gate, stack.redis_url)
     late = client.submit(spec, retry_refused_s=60)
