@@ -77,7 +77,9 @@ def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
 
         def step_shown() -> bool:
             tasks = _flower(url, auth, "/api/tasks?state=SUCCESS")
-            return any(t.get("args") and workflow_id in t["args"] for t in tasks.values())
+            # Named so that Flower shows the workflow, the step and the pool.
+            shown = f"workflow={workflow_id} step=a pool=critical"
+            return any(shown in (t.get("args") or "") for t in tasks.values())
 
         wait_until(every_pool_shown, 30, "Flower to show a worker of every pool")
         wait_until(step_shown, 30, "Flower to show the finished step", poll_s=0.2)
