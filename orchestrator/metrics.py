@@ -185,19 +185,16 @@ class TreadleCollector(Collector):
             pipe.hlen(keys.dead_letters)
             pipe.zcard(keys.delayed)
             replies = pipe.execute()
-        depth = GaugeMetricFamily(
-            "treadle_queue_depth", "Messages waiting on each class's queue.", labels=["class"]
+        yield _per_class(
+            "treadle_queue_depth",
+            "Messages waiting on each class's queue.",
+            [float(replies[2 * i]) for i in range(len(PRIORITY_ORDER))],
         )
-        oldest = GaugeMetricFamily(
+        yield _per_class(
             "treadle_queue_oldest_seconds",
             "How long the next message of each class's queue has been queued.",
-            labels=["class"],
+            [self._queued_for(replies[2 * i + 1], now) for i in range(len(PRIORITY_ORDER))],
         )
-        for i, klass in enumerate(PRIORITY_ORDER):
-            depth.add_metric([klass.value], float(replies[2 * i]))
-            oldest.add_metric([klass.value], self._queued_for(replies[2 * i + 1], now))
-        yield depth
-        yield oldest
         yield GaugeMetricFamily(
             "treadle_dead_letters", "Entries in the dead-letter queue.", value=replies[-2]
         )
@@ -229,37 +226,40 @@ class TreadleCollector(Collector):
         for member, score in members:
             klass = text(member).split(" ", 1)[0]
             oldest[klass] = min(oldest.get(klass, score), score)
-        family = GaugeMetricFamily(
+        firsts = [oldest.get(klass.value) for klass in PRIORITY_ORDER]
+        yield _per_class(
             "treadle_oldest_running_seconds",
             "How long the longest-running step attempt of each class has been running.",
-            labels=["class"],
+            [max(now - first, 0.0) if first else 0.0 for first in firsts],
         )
-        for klass in PRIORITY_ORDER:
-            first = oldest.get(klass.value)
-            family.add_metric([klass.value], max(now - first, 0.0) if first else 0.0)
-        yield family
 
     def _load(self) -> Iterator[Metric]:
         fields = [f for k in PRIORITY_ORDER for f in (k.value, f"parked:{k.value}")]
         raw = self.store.redis.hmget(self.store.keys.outstanding, fields)
-        outstanding = GaugeMetricFamily(
+        classes = range(len(PRIORITY_ORDER))
+        yield _per_class(
             "treadle_outstanding_steps",
             "Steps queued, running or retrying, per class (what admission control counts).",
-            labels=["class"],
+            [max(float(raw[2 * i] or 0), 0.0) for i in classes],
         )
-        parked = GaugeMetricFamily(
-            "treadle_parked_steps", "Steps of parked workflows, per class.", labels=["class"]
+        yield _per_class(
+            "treadle_parked_steps",
+            "Steps of parked workflows, per class.",
+            [max(float(raw[2 * i + 1] or 0), 0.0) for i in classes],
         )
-        high = GaugeMetricFamily(
+        yield _per_class(
             "treadle_admission_high",
             "The watermark of outstanding steps above which submissions are refused.",
-            labels=["class"],
+            [float(self.topology.admission_of(k).high) for k in PRIORITY_ORDER],
         )
-        for i, klass in enumerate(PRIORITY_ORDER):
-            outstanding.add_metric([klass.value], max(float(raw[2 * i] or 0), 0.0))
-            parked.add_metric([klass.value], max(float(raw[2 * i + 1] or 0), 0.0))
-            high.add_metric([klass.value], float(self.topology.admission_of(klass).high))
-        yield from (outstanding, parked, high)
+
+
+def _per_class(name: str, doc: str, values: list[float]) -> GaugeMetricFamily:
+    """A gauge with one value per priority class, in PRIORITY_ORDER."""
+    family = GaugeMetricFamily(name, doc, labels=["class"])
+    for klass, value in zip(PRIORITY_ORDER, values, strict=True):
+        family.add_metric([klass.value], value)
+    return family
 
 
 def exposition(store: StateStore, topology: Topology) -> tuple[bytes, str]:

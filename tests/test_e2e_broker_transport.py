@@ -17,6 +17,7 @@ from config.settings import Settings
 from config.topology import PriorityClass
 from orchestrator.stack import Stack
 from orchestrator.tickets import key_of_payload
+from tests.conftest import spare_database
 
 pytestmark = pytest.mark.e2e
 
@@ -26,12 +27,7 @@ QUEUE = queue_for(PriorityClass.bulk)
 
 @pytest.fixture
 def direct(stack: Stack) -> Iterator[redis.Redis]:
-    address = urlparse(stack.redis_url)
-    connection = redis.Redis(host=address.hostname or "", port=address.port or 0, db=DB)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
-    connection.close()
+    yield from spare_database(stack, DB)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 import pytest
 import redis
@@ -26,6 +25,7 @@ from config.queues import queue_for
 from config.settings import Settings
 from config.topology import PriorityClass
 from orchestrator.stack import Stack
+from tests.conftest import spare_database
 from tests.faults import CuttingProxy
 
 pytestmark = pytest.mark.e2e
@@ -37,21 +37,9 @@ SCRIPT_SHA = hashlib.sha1(CHORD_PART_RETURN_LUA.encode()).hexdigest().encode()
 
 @pytest.fixture
 def direct(stack: Stack) -> Iterator[redis.Redis]:
-    address = urlparse(stack.redis_url)
-    connection = redis.Redis(host=address.hostname or "127.0.0.1", port=address.port or 6379, db=DB)
-    connection.flushdb()
-    connection.script_load(CHORD_PART_RETURN_LUA)
-    yield connection
-    connection.flushdb()
-    connection.close()
-
-
-@pytest.fixture
-def proxy(stack: Stack) -> Iterator[CuttingProxy]:
-    port = urlparse(stack.redis_url).port
-    assert port is not None
-    with CuttingProxy(port) as running:
-        yield running
+    for connection in spare_database(stack, DB):
+        connection.script_load(CHORD_PART_RETURN_LUA)
+        yield connection
 
 
 @pytest.fixture

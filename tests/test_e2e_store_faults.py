@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 import pytest
 
@@ -14,7 +13,6 @@ from config.settings import Settings
 from orchestrator.client import Client
 from orchestrator.compiler import compile_workflow
 from orchestrator.keys import Keys
-from orchestrator.stack import Stack
 from orchestrator.store import Change, StateStore, lua_script
 from tests.faults import CuttingProxy
 
@@ -27,14 +25,6 @@ N_SHAPE = {
         {"id": "d", "task": "treadle.noop", "after": ["b"]},
     ],
 }
-
-
-@pytest.fixture
-def proxy(stack: Stack) -> Iterator[CuttingProxy]:
-    port = urlparse(stack.redis_url).port
-    assert port is not None
-    with CuttingProxy(port) as running:
-        yield running
 
 
 @pytest.fixture
