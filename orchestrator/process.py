@@ -3,6 +3,8 @@
 It takes submissions and cancellations sent as messages (so producers in any language
 can submit with a plain Celery message), runs the recovery sweep on a timer, and watches
 the queues (aging, lending idle workers to busy queues; see ``orchestrator.queue_watch``).
+Given a listener, it also serves the HTTP API (``orchestrator.api``) with the same
+orchestrator.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from celery import Celery, bootsteps
 from config.queues import ORCHESTRATOR_QUEUE
 from config.settings import Settings
 from config.topology import load_topology
+from orchestrator.api.auth import Auth
+from orchestrator.api.server import Listener
 from orchestrator.errors import InvalidInput
 from orchestrator.queue_watch import install_queue_watch
 from orchestrator.recovery import sweep
@@ -24,7 +28,13 @@ from workers.upkeep import install_upkeep
 log = logging.getLogger("treadle.orchestrator")
 
 
-def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
+def make_orchestrator_app(
+    settings: Settings,
+    redis_url: str,
+    *,
+    listener: Listener | None = None,
+    auth: Auth | None = None,
+) -> Celery:
     orchestrator = Orchestrator.from_settings(settings, redis_url)
     app = orchestrator.app
 
@@ -69,4 +79,9 @@ def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
     app.steps["worker"].add(Sweeper)
     install_upkeep(app, settings, redis_url, incarnation="orchestrator")
     install_queue_watch(app, settings, redis_url, load_topology(settings.topology))
+    if listener is not None:
+        from orchestrator.api.app import create_app
+        from orchestrator.api.server import install_api
+
+        install_api(app, create_app(orchestrator, settings, auth=auth), listener)
     return app

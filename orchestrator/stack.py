@@ -1,5 +1,6 @@
 """The embedded stack: a private Redis (unless TREADLE_REDIS_URL is set), one worker
-process per pool, the orchestrator and Flower, as child processes of one command.
+process per pool, the orchestrator (serving the HTTP API when given a port) and Flower,
+as child processes of one command.
 
 ``treadle up``, ``treadle demo`` and the test suite all start treadle through this.
 """
@@ -77,6 +78,8 @@ class Stack:
         orchestrator: bool = True,
         flower_port: int | None = None,
         flower_auth: str | None = None,
+        api_port: int | None = None,
+        api_token: str | None = None,
         extra_env: Mapping[str, str] | None = None,
     ):
         self.settings = settings
@@ -90,6 +93,8 @@ class Stack:
         self.with_orchestrator = orchestrator
         self.flower_port = flower_port
         self.flower_auth = flower_auth
+        self.api_port = api_port
+        self.api_token = api_token
         self.extra_env = dict(extra_env or {})
         self.embedded: EmbeddedRedis | None = None
         self.redis_url = settings.redis_url or ""
@@ -126,10 +131,13 @@ class Stack:
         for spec in self.worker_specs:
             self.start_worker(spec)
         if self.with_orchestrator:
-            self._spawn("orchestrator", ["orchestrator"])
+            port = [] if self.api_port is None else ["--port", str(self.api_port)]
+            self._spawn("orchestrator", ["orchestrator", *port])
         if self.flower_port is not None:
             self._spawn("flower", ["flower", "--port", str(self.flower_port)])
             self.wait_http(self.flower_port)
+        if self.with_orchestrator and self.api_port is not None:
+            self.wait_http(self.api_port)
         self.wait_ready([s.node_name(host_name()) for s in self.worker_specs])
 
     def start_worker(self, spec: WorkerSpec) -> ChildProcess:
@@ -172,6 +180,8 @@ class Stack:
         env["TREADLE_TASK_MODULES"] = self.settings.task_modules
         if self.flower_auth:
             env["TREADLE_FLOWER_BASIC_AUTH"] = self.flower_auth
+        if self.api_token:
+            env["TREADLE_API_TOKEN"] = self.api_token
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -235,6 +245,9 @@ class Stack:
 
     def flower_url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.flower_port}{path}"
+
+    def api_url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.api_port}{path}"
 
     def flower_api(self, path: str) -> Any:
         """GET a Flower API path (with this stack's basic auth) and decode its JSON."""
