@@ -10,6 +10,7 @@ orchestrator.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -77,7 +78,9 @@ def make_orchestrator_app(
                 log.exception("recovery sweep failed")
 
     app.steps["worker"].add(Sweeper)
-    install_upkeep(app, settings, redis_url, incarnation="orchestrator")
+    # Its own heartbeat per process: a replica that dies must not be kept alive by the
+    # beats of another.
+    install_upkeep(app, settings, redis_url, incarnation=f"orchestrator-{uuid.uuid4().hex[:12]}")
     install_queue_watch(app, settings, redis_url, load_topology(settings.topology))
     if listener is not None:
         from orchestrator.api.app import create_app

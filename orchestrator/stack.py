@@ -131,8 +131,7 @@ class Stack:
         for spec in self.worker_specs:
             self.start_worker(spec)
         if self.with_orchestrator:
-            port = [] if self.api_port is None else ["--port", str(self.api_port)]
-            self._spawn("orchestrator", ["orchestrator", *port])
+            self.start_orchestrator("orchestrator", self.api_port)
         if self.flower_port is not None:
             self._spawn("flower", ["flower", "--port", str(self.flower_port)])
             self.wait_http(self.flower_port)
@@ -145,6 +144,12 @@ class Stack:
         if spec.concurrency is not None:
             argv += ["--concurrency", str(spec.concurrency)]
         return self._spawn(spec.node_name(host_name()).split("@")[0], argv)
+
+    def start_orchestrator(self, name: str, api_port: int | None = None) -> ChildProcess:
+        """An orchestrator process (another replica, if one runs), serving the HTTP API on
+        ``api_port`` when given; the caller waits for the port (``wait_http``)."""
+        port = [] if api_port is None else ["--port", str(api_port)]
+        return self._spawn(name, ["orchestrator", *port])
 
     def stop(self) -> None:
         """TERM every child (workers finish or requeue their steps), then KILL laggards.
