@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import Response as PlainResponse
 
-from config.topology import PriorityClass
+from config.topology import PRIORITY_ORDER
 from orchestrator.api.deps import OrchestratorDep
 from orchestrator.api.errors import documented
 from orchestrator.api.models import (
@@ -26,6 +26,8 @@ from orchestrator.service import parse_param, with_overrides
 from orchestrator.states import WorkflowState
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
+
+PRIORITIES = [p.value for p in PRIORITY_ORDER]
 
 _COMMON = (400, 401, 413, 415, 503)
 _ID_PATH = "/{workflow_id}"
@@ -55,7 +57,9 @@ async def json_body(request: Request) -> Any:
         raise InvalidInput(Problem("body", str(exc))) from exc
 
 
-def _overrides(param: list[str]) -> dict[str, Any]:
+def _overrides(param: list[str], priority: str | None) -> tuple[dict[str, Any], list[Problem]]:
+    """The ``param=`` values that parse, and a problem for each one that does not (and for
+    an unknown ``priority``), so that every problem can be reported at once."""
     params: dict[str, Any] = {}
     problems: list[Problem] = []
     for i, text in enumerate(param):
@@ -65,9 +69,11 @@ def _overrides(param: list[str]) -> dict[str, Any]:
             problems.extend(exc.problems)
             continue
         params[key] = value
-    if problems:
-        raise InvalidInput(problems)
-    return params
+    if priority is not None and priority not in PRIORITIES:
+        problems.append(
+            Problem("query.priority", f"{priority!r}: expected one of {', '.join(PRIORITIES)}")
+        )
+    return params, problems
 
 
 @router.post(
@@ -98,13 +104,22 @@ def submit(
     orchestrator: OrchestratorDep,
     response: Response,
     spec: Annotated[Any, Depends(json_body)],
+    # Checked here rather than by FastAPI, so that its problems join the spec's.
     priority: Annotated[
-        PriorityClass | None, Query(description="Override the spec's class")
+        str | None,
+        Query(description="Override the spec's class", json_schema_extra={"enum": PRIORITIES}),
     ] = None,
     param: Annotated[list[str] | None, Query(description="KEY=VALUE, repeatable")] = None,
 ) -> Submitted:
-    params = _overrides(param or [])
-    done = orchestrator.submit(with_overrides(spec, params, priority.value if priority else None))
+    params, problems = _overrides(param or [], priority)
+    merged = with_overrides(spec, params, priority if priority in PRIORITIES else None)
+    if problems:
+        try:
+            orchestrator.checker.check(merged)  # validation only: to report its problems too
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+        raise InvalidInput(problems)
+    done = orchestrator.submit(merged)
     if not done.created:
         response.status_code = 200
     return Submitted(id=done.id, created=done.created)
