@@ -3,6 +3,7 @@
 The submit route reads its body itself (so that every problem is reported by treadle's
 validator, located, instead of pydantic's first), so the spec's schema is added to the
 document here; FastAPI's 422 answers are dropped from it, since they are answered 400.
+Error answers are documented as JSON whatever the route's own media type.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         schemas.pop(name, None)
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
-            operation.get("responses", {}).pop("422", None)
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for status, response in responses.items():
+                # FastAPI gives error answers the route's media type (ndjson for the
+                # audit log); errors are always JSON.
+                content = response.get("content")
+                if status[0] in "45" and content:
+                    response["content"] = {"application/json": next(iter(content.values()))}
     return document
 
 
