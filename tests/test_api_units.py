@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from config.settings import Settings
 from orchestrator.api.auth import MIN_TOKEN_CHARS, Auth, token_matches
-from orchestrator.api.body import is_json_media_type
+from orchestrator.api.body import MAX_JSON_DEPTH, is_json_media_type, json_depth, parse_json_body
 from orchestrator.api.errors import error_body, error_response
 from orchestrator.errors import (
     InvalidInput,
@@ -179,3 +179,34 @@ def test_a_param_override_parses_json_values_and_locates_bad_ones() -> None:
     with pytest.raises(InvalidInput) as caught:
         parse_param("novalue", "query.param[0]")
     assert caught.value.problems[0].where == "query.param[0]"
+
+
+def test_json_depth_counts_nesting_without_recursing() -> None:
+    assert json_depth(1) == 0
+    assert json_depth({"a": [1, {"b": []}]}) == 4
+    deep: object = 0
+    for _ in range(100_000):  # far past Python's recursion limit
+        deep = [deep]
+    assert json_depth(deep) == 100_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "where", "what"),
+    [
+        (b"", "body", "is empty"),
+        (b'{"a": NaN}', "body", "NaN is not JSON"),
+        (b"{a: 1}", "body (line 1, column 2)", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "body", f"deeper than {MAX_JSON_DEPTH}"),
+        (b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1), "body", "deeper"),
+    ],
+)
+def test_a_body_that_is_not_json_is_located(raw: bytes, where: str, what: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_json_body(raw)
+    problem = caught.value.problems[0]
+    assert problem.where == where and what in problem.what
+
+
+def test_a_body_as_deep_as_allowed_parses() -> None:
+    raw = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert json_depth(parse_json_body(raw)) == MAX_JSON_DEPTH

@@ -1,17 +1,27 @@
-"""Request bodies: only JSON comes in, and never more than the configured size.
+"""Request bodies: only JSON comes in, never more than the configured size, never
+nested deeper than any spec needs.
 
-An ASGI middleware, so it runs before routing and parsing: a body that declares itself
-too large is refused unread, and one that streams past the limit (chunked, or lying
-about its length) is refused once the limit is passed. At most ``max_bytes`` are ever
-held; the app then reads the buffered body as if it came from the client.
+``BodyGuard`` is an ASGI middleware, so it runs before routing and parsing: a body that
+declares itself too large is refused unread, and one that streams past the limit
+(chunked, or lying about its length) is refused once the limit is passed. At most
+``max_bytes`` are ever held; the app then reads the buffered body as if it came from the
+client. ``json_body`` parses it for the routes that take one.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api.errors import error_response
-from orchestrator.errors import NotJson, Problem, TooLarge, TreadleError
+from orchestrator.errors import InvalidInput, NotJson, Problem, TooLarge, TreadleError
+
+# Deeper than any spec needs (stages nest two levels a block); anything deeper would
+# only exhaust the recursion of the JSON and validation code after the parser.
+MAX_JSON_DEPTH = 64
 
 
 def is_json_media_type(content_type: str) -> bool:
@@ -96,3 +106,49 @@ def _replay(body: bytes, early: Message | None, receive: Receive) -> Receive:
         return await receive()
 
     return replayed
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar: 0); without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """The JSON value of a request body; InvalidInput saying where it is not JSON."""
+    if not raw.strip():
+        raise InvalidInput(Problem("body", "is empty: expected a workflow spec as JSON"))
+    too_deep = InvalidInput(Problem("body", f"nests deeper than {MAX_JSON_DEPTH} levels"))
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise too_deep from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(Problem("body", f"is not UTF-8: {exc.reason}")) from exc
+    except json.JSONDecodeError as exc:
+        where = f"body (line {exc.lineno}, column {exc.colno})"
+        raise InvalidInput(Problem(where, f"not JSON: {exc.msg}")) from exc
+    except ValueError as exc:  # NaN, Infinity: Python's extensions, not JSON
+        raise InvalidInput(Problem("body", str(exc))) from exc
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise too_deep
+    return value
+
+
+async def json_body(request: Request) -> Any:
+    """The dependency that gives a route its parsed body."""
+    return parse_json_body(await request.body())
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import Response as PlainResponse
 
 from config.topology import PRIORITY_ORDER
+from orchestrator.api.body import json_body
 from orchestrator.api.deps import OrchestratorDep
 from orchestrator.api.errors import documented
 from orchestrator.api.models import (
@@ -35,26 +35,6 @@ _ID_PATH = "/{workflow_id}"
 
 class NdjsonResponse(PlainResponse):
     media_type = NDJSON
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-async def json_body(request: Request) -> Any:
-    """The request body as JSON (the content type was checked by ``body.BodyGuard``)."""
-    raw = await request.body()
-    if not raw.strip():
-        raise InvalidInput(Problem("body", "is empty: expected a workflow spec as JSON"))
-    try:
-        return json.loads(raw, parse_constant=_no_constant)
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(Problem("body", f"is not UTF-8: {exc.reason}")) from exc
-    except json.JSONDecodeError as exc:
-        where = f"body (line {exc.lineno}, column {exc.colno})"
-        raise InvalidInput(Problem(where, f"not JSON: {exc.msg}")) from exc
-    except ValueError as exc:
-        raise InvalidInput(Problem("body", str(exc))) from exc
 
 
 def _overrides(param: list[str], priority: str | None) -> tuple[dict[str, Any], list[Problem]]:
