@@ -25,6 +25,8 @@ import pytest
 from config.settings import Settings
 from config.topology import PriorityClass
 from orchestrator.audit import chain_problems
+from orchestrator.client import Client
+from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.stack import Stack, WorkerSpec
 from orchestrator.states import WORKFLOW_FINAL
 from tests.conftest import TEST_MODULES, clean_env, treadle, wait_until
@@ -521,3 +523,26 @@ def test_the_cli_over_http_prints_the_same_and_exits_with_the_same_codes(api: Ap
 
     dlq = api.cli("dlq", "list", "--json")
     assert dlq.returncode == 0 and isinstance(json.loads(dlq.stdout), list)
+
+
+def test_the_python_client_does_the_same_over_http(api: Api) -> None:
+    with Client.remote(api.urls[1], TOKEN) as client:
+        workflow_id = client.submit(
+            {
+                "name": "py-remote",
+                "steps": [{"id": "a", "task": "treadle.echo", "args": {"value": 7}}],
+            },
+            params={"who": "remote"},
+        )
+        assert client.wait(workflow_id, timeout_s=60)["state"] == "succeeded"
+        assert workflow_id in [row["id"] for row in client.list(state="succeeded")]
+        assert client.audit(workflow_id).ok
+        assert chain_problems(*client.audit_log(workflow_id)) == []
+        assert client.cancel(workflow_id) == "succeeded"  # already ended: unchanged
+        assert client.resume(workflow_id) == []  # nothing to run again
+        assert isinstance(client.dead_letters.entries(), list)
+        with pytest.raises(NotFound):
+            client.status("no-such-workflow")
+        with pytest.raises(InvalidInput) as caught:
+            client.submit({"name": "x", "steps": [{"id": "a", "task": "no.such"}]})
+        assert caught.value.problems[0].where == "steps[0].task"
