@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 
 from config.settings import Settings, get_settings
@@ -451,6 +451,8 @@ def _running_stack(settings: Settings) -> Iterator[Any]:
         if settings.flower_basic_auth is not None
         else f"treadle:{secrets.token_urlsafe(12)}"
     )
+    from orchestrator.api.auth import Auth
+
     api_token = None
     if settings.api_auth:
         api_token = (
@@ -458,6 +460,8 @@ def _running_stack(settings: Settings) -> Iterator[Any]:
             if settings.api_token is not None
             else secrets.token_urlsafe(24)
         )
+        # Refused here, before anything starts, rather than by the orchestrator child.
+        Auth.from_settings(settings.model_copy(update={"api_token": SecretStr(api_token)}))
     with Stack(
         settings,
         flower_port=port,

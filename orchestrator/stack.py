@@ -235,13 +235,15 @@ class Stack:
             raise Unreachable(f"Redis cannot be reached: {exc}") from exc
 
     def wait_http(self, port: int, timeout_s: float = _READY_TIMEOUT_S) -> None:
-        """Until something accepts connections on the loopback ``port``."""
+        """Until something accepts connections on the loopback ``port`` (or a child died:
+        an orchestrator refused to serve without a token, a port was taken)."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return
             except OSError:
+                self._raise_if_one_died()
                 if time.monotonic() > deadline:
                     raise Unreachable(
                         f"nothing answers on port {port} after {timeout_s} s"
@@ -263,6 +265,14 @@ class Stack:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def _raise_if_one_died(self) -> None:
+        dead = [c for c in self.children if not c.alive()]
+        if dead:
+            raise Unreachable(
+                f"{dead[0].name} exited with code {dead[0].process.returncode}; "
+                f"see {dead[0].log_path}"
+            )
+
     def wait_ready(self, node_names: Sequence[str], timeout_s: float = _READY_TIMEOUT_S) -> None:
         """Until every named worker answers a ping (or one of them died)."""
         if not node_names:
@@ -272,12 +282,7 @@ class Stack:
             deadline = time.monotonic() + timeout_s
             waiting = set(node_names)
             while waiting:
-                dead = [c for c in self.children if not c.alive()]
-                if dead:
-                    raise Unreachable(
-                        f"{dead[0].name} exited with code {dead[0].process.returncode}; "
-                        f"see {dead[0].log_path}"
-                    )
+                self._raise_if_one_died()
                 if time.monotonic() > deadline:
                     raise Unreachable(f"workers not ready after {timeout_s} s: {sorted(waiting)}")
                 replies = app.control.ping(destination=sorted(waiting), timeout=0.5) or []
