@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
 
 from config.queues import ORCHESTRATOR_QUEUE
 from config.settings import Settings
 from config.topology import load_topology
-from orchestrator.api.auth import Auth
-from orchestrator.api.server import Listener
 from orchestrator.errors import InvalidInput
 from orchestrator.queue_watch import install_queue_watch
 from orchestrator.recovery import sweep
 from orchestrator.service import Orchestrator, with_overrides
 from workers.upkeep import install_upkeep
+
+if TYPE_CHECKING:
+    from orchestrator.api.auth import Auth
+    from orchestrator.api.server import Listener
 
 log = logging.getLogger("treadle.orchestrator")
 

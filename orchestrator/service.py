@@ -69,9 +69,13 @@ def parse_param(text: str, where: str = "--param") -> tuple[str, Any]:
     if not key:
         raise InvalidInput(Problem(where, f"{text!r}: empty key"))
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
+        return key, json.loads(value, parse_constant=_not_json)
+    except ValueError:  # not JSON (NaN and Infinity are not either): the text itself
         return key, value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(name)
 
 
 class SpecChecker:

@@ -176,6 +176,7 @@ def test_a_param_override_parses_json_values_and_locates_bad_ones() -> None:
     assert parse_param("n=42") == ("n", 42)
     assert parse_param("name=shop") == ("name", "shop")
     assert parse_param('tags=["a"]') == ("tags", ["a"])
+    assert parse_param("x=NaN") == ("x", "NaN")
     with pytest.raises(InvalidInput) as caught:
         parse_param("novalue", "query.param[0]")
     assert caught.value.problems[0].where == "query.param[0]"
