@@ -426,6 +426,10 @@ def test_every_route_but_health_needs_the_token(api: Api) -> None:
         assert "/workflows" in document["paths"]
         assert "WorkflowSpec" in document["components"]["schemas"]
         assert http.get("/docs").status_code == 200
+    # Neither the token nor the wrong ones tried are written to the logs.
+    logs = [api.stack.child(r).log_path.read_text() for r in ("orchestrator", "orchestrator-2")]
+    assert '"GET /workflows HTTP/1.1" 401' in logs[0]  # requests are logged, without them
+    assert not [log for log in logs if TOKEN in log or "not-the-token-at-all" in log]
 
 
 def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read(api: Api) -> None:
