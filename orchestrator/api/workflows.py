@@ -92,12 +92,14 @@ def submit(
     param: Annotated[list[str] | None, Query(description="KEY=VALUE, repeatable")] = None,
 ) -> Submitted:
     params, problems = _overrides(param or [], priority)
-    merged = with_overrides(spec, params, priority if priority in PRIORITIES else None)
-    if problems:
-        try:
+    merged: Any = None
+    try:
+        merged = with_overrides(spec, params, priority if priority in PRIORITIES else None)
+        if problems:
             orchestrator.checker.check(merged)  # validation only: to report its problems too
-        except InvalidInput as exc:
-            problems.extend(exc.problems)
+    except InvalidInput as exc:
+        problems.extend(exc.problems)
+    if problems:
         raise InvalidInput(problems)
     done = orchestrator.submit(merged)
     if not done.created:
