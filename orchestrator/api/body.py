@@ -33,6 +33,9 @@ def is_json_media_type(content_type: str) -> bool:
 
 
 class BodyGuard:
+    """413 past ``max_bytes``, 415 for a body that is not JSON; otherwise the app gets the
+    request with its body read once, here."""
+
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
