@@ -22,8 +22,8 @@ pytestmark = pytest.mark.e2e
 
 
 def _env(**extra: str) -> dict[str, str]:
-    # Flower on any free port, so a running `treadle up` elsewhere does not matter.
-    return clean_env(task_modules=SAMPLE_MODULES, flower_port="0", **extra)
+    # Flower and the API on any free port, so a running `treadle up` elsewhere does not matter.
+    return clean_env(task_modules=SAMPLE_MODULES, flower_port="0", api_port="0", **extra)
 
 
 def _treadle(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,6 +60,9 @@ def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
         match = re.search(r"Flower: (\S+)\s+\(user '([^']+)', password '([^']+)'\)", banner)
         assert match, banner
         url, auth = match.group(1), f"{match.group(2)}:{match.group(3)}"
+        api = re.search(r"API: +(\S+)\s+\(token '([^']+)'\)", banner)
+        assert api, banner
+        api_url, token = api.group(1), api.group(2)
 
         # Another command in the same directory finds the running stack by itself.
         spec = tmp_path / "hello.yaml"
@@ -69,6 +72,19 @@ def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
         submitted = _treadle(tmp_path, "submit", str(spec), "--wait", "--json")
         assert submitted.returncode == 0, submitted.stderr
         workflow_id = json.loads(submitted.stdout)["id"]
+
+        # The API it printed answers with the token it printed, and only with it.
+        remote = treadle(
+            "status",
+            workflow_id,
+            "--json",
+            env=_env(api_url=api_url, api_token=token),
+            cwd=tmp_path,
+        )
+        assert remote.returncode == 0, remote.stderr
+        assert json.loads(remote.stdout)["state"] == "succeeded"
+        wrong = treadle("list", env=_env(api_url=api_url, api_token="x" * 20), cwd=tmp_path)
+        assert wrong.returncode == 2 and "token" in wrong.stderr
 
         def every_pool_shown() -> bool:
             workers = _flower(url, auth, "/api/workers?refresh=1")
