@@ -421,18 +421,29 @@ def orchestrator(port: int | None, host: str | None, insecure_no_auth: bool) -> 
     )
 
 
-@main.command(hidden=True)
-@click.option("--port", type=int, required=True)
-def flower(port: int) -> None:
-    """Flower for this stack's app (started by `treadle up`)."""
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 in a container).",
+)
+def flower(port: int, address: str) -> None:
+    """Flower for this stack's app, with TREADLE_FLOWER_BASIC_AUTH (`treadle up` starts it)."""
     from config.celery_app import make_app
 
     settings = _settings()
+    if settings.flower_basic_auth is None and address not in ("127.0.0.1", "localhost", "::1"):
+        raise InvalidInput(
+            f"Flower on {address} would show every task to anyone: set "
+            "TREADLE_FLOWER_BASIC_AUTH=user:password"
+        )
     app = make_app(settings, _resolved_url(settings))
     # Flower reads the broker's kind from the connection's URL scheme, which a transport
     # named by its class would replace; it consumes nothing, so kombu's own will do.
     app.conf.broker_transport = None
-    argv = ["flower", f"--port={port}", "--address=127.0.0.1"]
+    argv = ["flower", f"--port={port}", f"--address={address}"]
     if settings.flower_basic_auth is not None:
         argv.append(f"--basic-auth={settings.flower_basic_auth.get_secret_value()}")
     app.start(argv)
