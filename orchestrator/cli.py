@@ -345,7 +345,14 @@ def worker(pool: str, concurrency: int | None, index: int) -> None:
 
     settings = _settings()
     klass = PriorityClass(pool)
-    spec = load_topology(settings.topology).pool(klass)
+    topology = load_topology(settings.topology)
+    spec = topology.pool(klass)
+    # Before the pool forks, so that its processes inherit it. Only ever raised: lowering
+    # it needs privileges, and a worker started niced was niced on purpose.
+    nice = topology.nice(klass)
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     app = make_worker_app(settings, _resolved_url(settings))
     app.worker_main(
         [

@@ -3,6 +3,7 @@ distinct node names share its queue, and the pool keeps going when one of them d
 
 from __future__ import annotations
 
+import os
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -83,3 +84,14 @@ def test_workers_of_one_pool_share_its_queue_and_survive_losing_one(
     lost = [s for s in status["steps"] if s["attempts"] > 1]
     assert lost, "the killed worker's step should have run again"
     assert all(s["worker"] != "" and not s["worker"].startswith("bulk-4@") for s in lost)
+
+
+def test_the_bulk_pool_runs_niced_so_that_it_yields_the_cpu(stack: Stack) -> None:
+    """On a shared host a bulk flood must not slow critical work: the bulk worker and
+    the pool processes it forks run at nice 10 (the topology's default), the others at 0."""
+    for pool, nice in (("critical", 0), ("default", 0), ("bulk", 10)):
+        main_pid = stack.child(f"{pool}-1").process.pid
+        children = Path("/proc") / str(main_pid) / "task" / str(main_pid) / "children"
+        pids = [main_pid, *map(int, children.read_text().split())]
+        assert len(pids) > 1, f"{pool}: no pool processes"
+        assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in pids} == {nice}, pool
