@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean install bench-makespan bench-flow chaos
+.PHONY: demo test lint typecheck check clean install bench-makespan bench-flow bench-flood chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-makespan: $(STAMP)
 
 bench-flow: $(STAMP)
 	$(BIN)/python ops/bench/flow.py
+
+bench-flood: $(STAMP)
+	$(BIN)/python ops/bench/flood.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,4 +1,5 @@
-"""kombu's Redis transport with one fix: a worker survives losing its Redis connection.
+"""kombu's Redis transport (and its Sentinel variant) with one fix: a worker survives
+losing its Redis connection.
 
 When the broker connection drops, Celery 5.7 collects the connection (which detaches its
 transport) and then closes it; closing the channel tries to put back the messages it
@@ -11,35 +12,73 @@ Here the channel reports the detached transport as the connection error it is; C
 then reconnects as usual (through Sentinel: to whichever server is primary by then). The
 messages it could not put back stay in kombu's ``unacked`` hash, where the recovery sweep
 finds them (``orchestrator.stranded``).
+
+It also lets a message jump its queue: one published with the ``treadle_front`` header
+goes to the consuming end (kombu LPUSHes and workers BRPOP from the right). treadle uses
+it for a step that waited for a shared limit and has just been woken: it was at the front
+of its queue when it was refused, and behind a flood of fresh messages its token or
+permit would go unused (a refilled bucket overflows while it waits in line).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 
 from config.sentinel_connection import PrimaryConnection
 
-
-def _check_attached(channel: Any) -> None:
-    if channel.connection.client is None:
-        raise redis.ConnectionError("the broker connection was closed")
+FRONT_OF_QUEUE_HEADER = "treadle_front"
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+def to_front(signature: Mapping[str, Any]) -> dict[str, Any]:
+    """The signature (as a dict), published at the front of its queue."""
+    options = dict(signature.get("options") or {})
+    options["headers"] = {**(options.get("headers") or {}), FRONT_OF_QUEUE_HEADER: True}
+    return {**signature, "options": options}
+
+
+def in_line(signature: Mapping[str, Any]) -> dict[str, Any]:
+    """The signature (as a dict), published at the back of its queue as usual."""
+    options = dict(signature.get("options") or {})
+    headers = {
+        k: v for k, v in (options.get("headers") or {}).items() if k != FRONT_OF_QUEUE_HEADER
+    }
+    options["headers"] = headers
+    return {**signature, "options": options}
+
+
+class _TreadleChannel:
+    """Mixed in before kombu's Redis or Sentinel channel."""
+
+    connection: Any
+
     def _connparams(self, asynchronous: bool = False) -> Any:
-        _check_attached(self)
-        return super()._connparams(asynchronous)
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection was closed")
+        return super()._connparams(asynchronous)  # type: ignore[misc]
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if not (message.get("headers") or {}).get(FRONT_OF_QUEUE_HEADER) or kwargs.get(
+            "_publish_batch"
+        ):
+            return super()._put(queue, message, **kwargs)  # type: ignore[misc,no-any-return]
+        channel: Any = self
+        key = channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
+        with channel.conn_or_acquire() as client:
+            client.rpush(key, dumps(message))
+        return None
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]
+class Channel(_TreadleChannel, kombu_redis.Channel):  # type: ignore[misc]
+    pass
+
+
+class SentinelChannel(_TreadleChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
     connection_class = PrimaryConnection
-
-    def _connparams(self, asynchronous: bool = False) -> Any:
-        _check_attached(self)
-        return super()._connparams(asynchronous)
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

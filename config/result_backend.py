@@ -6,18 +6,26 @@ stock backend SUBSCRIBEs to each published task's result channel (a round trip p
 and a listener thread per publisher) and UNSUBSCRIBEs when the AsyncResult is collected.
 Results are still written, so chords count as usual; nothing here may wait on one.
 
-Chords are where a lost connection hurts: the header task that ends the count claims the
-chord, reads the header results and publishes the body. The stock backend gives up on
-the first lost connection; if that happens after the claim, Celery records the chord as
-failed and its body never runs. So the backend's connections retry through a restart or
-a failover for ``redis_retry_s``, like treadle's own clients (through Sentinel, asking
-for the new primary), and the counting script takes the claim again when a retry
-repeats it (its reply was lost, the claim is already this call's). A connection error
-that still escapes the count is retried here: the script counts each header task once.
+Chords are where a lost connection hurts. The header task that ends a chord runs Celery's
+counting script, which also claims the right to publish the body (SET NX under a token
+new to each report), then reads the header results and publishes the body.
+
+- The backend's connections retry through a restart or a failover for
+  ``redis_retry_s``, like treadle's own clients (through Sentinel: to the new primary).
+  The stock backend gives up at once, and a read that fails after the claim is taken is
+  swallowed by Celery as the chord's failure: the body would never run.
+- A retried command repeats the counting script with the same token; the script here
+  takes the claim again when it already holds that token (the stock one would find the
+  claim taken, by itself, and publish nothing).
+- A connection error that still escapes (the outage outlasted the retries) makes the
+  whole report run again, with a new token: the claim still held under a token of a
+  failed try is given back first. The script counts each header task once, so counting
+  again is safe.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from functools import cached_property
 from typing import Any
@@ -37,6 +45,18 @@ if _CLAIM not in CHORD_PART_RETURN_LUA:  # pragma: no cover - a Celery upgrade c
     raise ImportError("Celery's chord counting script changed: review config/result_backend.py")
 CHORD_COUNT_LUA = CHORD_PART_RETURN_LUA.replace(_CLAIM, _CLAIM_OR_HOLD)
 
+# Gives back a chord's publish claim if it is still held under one of our tokens.
+# KEYS: 1 the chord's claim key (``.c``)   ARGV: the tokens of the abandoned tries
+_GIVE_BACK_CLAIM_LUA = """
+local holder = redis.call('GET', KEYS[1])
+for _, token in ipairs(ARGV) do
+  if holder == token then
+    return redis.call('DEL', KEYS[1])
+  end
+end
+return 0
+"""
+
 
 class _PublishOnly:
     """Mixed in before Celery's Redis or Sentinel backend."""
@@ -52,10 +72,6 @@ class _PublishOnly:
     def _retry_window_s(self) -> float:
         return float(self.app.conf.get("treadle_redis_retry_s") or 60.0)
 
-    @cached_property
-    def _chord_part_return_script(self) -> Any:
-        return self.client.register_script(CHORD_COUNT_LUA)
-
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
 
@@ -67,19 +83,57 @@ class _PublishOnly:
     def on_result_fulfilled(self, result: Any) -> None:
         return None
 
+    @cached_property
+    def _claims(self) -> threading.local:
+        """Per thread: the (claim key, token) of each counting call of the report under way."""
+        return threading.local()
+
+    @cached_property
+    def _chord_part_return_script(self) -> Any:
+        script = self.client.register_script(CHORD_COUNT_LUA)
+
+        def count(keys: list[str], args: list[Any], client: Any = None) -> Any:
+            # Celery calls it with keys[5] the claim key and args[7] the claim token.
+            # Remembered before the call: its reply is what a broken connection loses.
+            tried = getattr(self._claims, "tried", None)
+            if tried is not None:
+                tried.append((keys[5], str(args[7])))
+            return script(keys=keys, args=args, client=client)
+
+        return count
+
+    @cached_property
+    def _give_back_claim_script(self) -> Any:
+        return self.client.register_script(_GIVE_BACK_CLAIM_LUA)
+
     def on_chord_part_return(self, request: Any, state: Any, result: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + self._retry_window_s()
         delay = 0.05
-        while True:
-            try:
-                return super().on_chord_part_return(  # type: ignore[misc]
-                    request, state, result, **kwargs
-                )
-            except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, BACKOFF_CAP_S)
+        tried: list[tuple[str, str]] = []
+        self._claims.tried = tried
+        try:
+            while True:
+                try:
+                    self._give_back(tried)
+                    return super().on_chord_part_return(  # type: ignore[misc]
+                        request, state, result, **kwargs
+                    )
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_CAP_S)
+        finally:
+            self._claims.tried = None
+
+    def _give_back(self, tried: list[tuple[str, str]]) -> None:
+        """Release a publish claim an earlier, failed try of this report may have taken,
+        so that this try can take it (and publish the body) itself. Had the earlier try
+        already published the body, the body runs twice: harmless, a step runs once."""
+        for claim_key in {key for key, _ in tried}:
+            tokens = [token for key, token in tried if key == claim_key]
+            self._give_back_claim_script(keys=[claim_key], args=tokens, client=self.client)
+        tried.clear()
 
 
 class PublishOnlyRedisBackend(_PublishOnly, RedisBackend):  # type: ignore[misc]

@@ -113,6 +113,40 @@ class Settings(BaseSettings):
         default=None, description="user:password for Flower; `treadle up` makes one if unset."
     )
 
+    api_port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="Port of the HTTP API that `treadle up` serves (0: any free port; taken: "
+        "another free one). `treadle orchestrator` serves it only with --port.",
+    )
+    api_host: str = Field(
+        default="127.0.0.1",
+        description="Address the HTTP API listens on (0.0.0.0 for every interface).",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the HTTP API requires (and the remote client sends); "
+        "`treadle up` makes one if unset.",
+    )
+    api_auth: bool = Field(
+        default=True,
+        description="off: serve the HTTP API without a token, for local use only.",
+    )
+    api_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="Largest request body the HTTP API reads; larger ones get 413.",
+    )
+    api_url: str | None = Field(
+        default=None,
+        description="Set: the CLI and Client.from_settings() talk to this orchestrator's "
+        "HTTP API instead of to Redis.",
+    )
+    api_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long the remote client waits for a reply."
+    )
+
     @model_validator(mode="after")
     def _timeouts_fit_visibility(self) -> Settings:
         # A message unacked for longer than visibility_timeout is redelivered while the

@@ -47,6 +47,10 @@ class Pool(_Strict):
     # out: the class's default (DEFAULT_MAX_WAIT_S); null: its steps never move up. Read
     # it through Topology.max_wait_s, which knows the class.
     max_wait_s: Annotated[float, Field(gt=0)] | None = None
+    # The CPU priority of the pool's processes (Unix nice, 0-19: higher yields more).
+    # Left out: the class's default (DEFAULT_NICE), so that on a shared host a bulk
+    # flood yields the CPU to critical work. Read it through Topology.nice.
+    nice: Annotated[int, Field(ge=0, le=19)] | None = None
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
@@ -108,6 +112,13 @@ DEFAULT_MAX_WAIT_S: dict[PriorityClass, float | None] = {
     PriorityClass.critical: None,
     PriorityClass.default: 120.0,
     PriorityClass.bulk: 300.0,
+}
+
+
+DEFAULT_NICE: dict[PriorityClass, int] = {
+    PriorityClass.critical: 0,
+    PriorityClass.default: 0,
+    PriorityClass.bulk: 10,
 }
 
 
@@ -177,6 +188,13 @@ class Topology(_Strict):
     def admission_of(self, klass: PriorityClass | str) -> Admission:
         klass = PriorityClass(klass)
         return self.admission.get(klass) or _default_admission()[klass]
+
+    def nice(self, klass: PriorityClass) -> int:
+        """The nice value the class's worker processes run at."""
+        pool = self.pools.get(klass)
+        if pool is None or pool.nice is None:
+            return DEFAULT_NICE[klass]
+        return pool.nice
 
     def max_wait_s(self, klass: PriorityClass) -> float | None:
         """How long a step may wait on this class's queue before it moves up a class

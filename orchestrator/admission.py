@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from config.topology import PRIORITY_ORDER, Topology
+from orchestrator import metrics
 from orchestrator.errors import Refused
 from orchestrator.store import StateStore, text
 
@@ -83,6 +84,7 @@ class Admission:
             return
         excess = load.outstanding + load.parked - load.high + 1
         wait = retry_after_s(excess, self._finished_per_s(klass))
+        metrics.count(self.store, "refused", klass)
         parked = f" (and {load.parked} parked)" if load.parked else ""
         raise Refused(
             f"the {klass} class has {load.outstanding} outstanding steps{parked}, at or over its "

@@ -68,6 +68,21 @@ class AuditReport:
             ],
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AuditReport:
+        """The report ``to_json`` described (as the HTTP API sends it)."""
+        timings = [
+            StepTiming(
+                s["id"],
+                s.get("ready_at"),
+                s.get("started_at"),
+                s.get("finished_at"),
+                int(s.get("attempts", 0)),
+            )
+            for s in data.get("steps", [])
+        ]
+        return cls(data["id"], int(data["records"]), list(data.get("problems", [])), timings)
+
 
 _FINAL = ("succeeded", "failed", "skipped", "cancelled", "dead-lettered", "compensated")
 

@@ -12,16 +12,19 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 
 from config.settings import Settings, get_settings
 from config.topology import PRIORITY_ORDER, PriorityClass, TopologyError, load_topology
 from orchestrator import render
 from orchestrator.errors import InvalidInput, TreadleError, WorkflowFailed
+
+if TYPE_CHECKING:
+    from orchestrator.client import BaseClient
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -49,10 +52,11 @@ def _settings() -> Settings:
 
 
 @contextmanager
-def _client() -> Iterator[Any]:
+def _client() -> Iterator[BaseClient]:
+    """Over the HTTP API when TREADLE_API_URL is set, else on Redis directly."""
     from orchestrator.client import Client
 
-    with Client.connect(_settings()) as client:
+    with Client.from_settings(_settings()) as client:
         yield client
 
 
@@ -140,18 +144,6 @@ def schema() -> None:
 # -- running workflows -----------------------------------------------------------------
 
 
-def _parse_param(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise InvalidInput(f"--param {text!r}: expected KEY=VALUE")
-    key, value = text.split("=", 1)
-    if not key:
-        raise InvalidInput(f"--param {text!r}: empty key")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--param", "params", multiple=True, help="KEY=VALUE (VALUE parsed as JSON if it is).")
@@ -175,7 +167,9 @@ def submit(
     retry_refused_s: float,
 ) -> None:
     """Validate, store and enqueue a workflow (exit 3 if refused by backpressure)."""
-    overrides = dict(_parse_param(p) for p in params)
+    from orchestrator.service import parse_param
+
+    overrides = dict(parse_param(p) for p in params)
     with _client() as client:
         done = client.submit_detailed(
             file, params=overrides, priority=priority, retry_refused_s=retry_refused_s
@@ -306,11 +300,8 @@ def dlq_replay(letter_id: str | None, replay_all: bool) -> None:
         if letter_id:
             out.print(f"replayed {letter_id}: workflow {client.replay(letter_id)} goes on")
             return
-        workflows = sorted(
-            {e["workflow_id"] for e in client.dead_letters.entries() if e.get("kind") == "step"}
-        )
+        workflows = client.replay_all()
         for workflow_id in workflows:
-            client.resume(workflow_id)
             out.print(f"workflow {workflow_id} goes on")
         out.print(f"replayed the dead letters of {len(workflows)} workflow(s)")
 
@@ -320,6 +311,13 @@ def dlq_purge() -> None:
     """Delete every dead letter (their workflows stay failed)."""
     with _client() as client:
         out.print(f"purged {client.dead_letters.purge()} dead letter(s)")
+
+
+@main.command()
+def metrics() -> None:
+    """Print the Prometheus metrics (what the HTTP API serves at /metrics)."""
+    with _client() as client:
+        sys.stdout.write(client.metrics_text())
 
 
 # -- processes -------------------------------------------------------------------------
@@ -348,7 +346,14 @@ def worker(pool: str, concurrency: int | None, index: int) -> None:
 
     settings = _settings()
     klass = PriorityClass(pool)
-    spec = load_topology(settings.topology).pool(klass)
+    topology = load_topology(settings.topology)
+    spec = topology.pool(klass)
+    # Before the pool forks, so that its processes inherit it. Only ever raised: lowering
+    # it needs privileges, and a worker started niced was niced on purpose.
+    nice = topology.nice(klass)
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     app = make_worker_app(settings, _resolved_url(settings))
     app.worker_main(
         [
@@ -373,13 +378,38 @@ def worker(pool: str, concurrency: int | None, index: int) -> None:
 
 
 @main.command()
-def orchestrator() -> None:
-    """The orchestrator process: submissions by message, and crash recovery."""
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Serve the HTTP API on this port (0: any free port; logged).",
+)
+@click.option("--host", help="Address the HTTP API listens on (default: TREADLE_API_HOST).")
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Serve the HTTP API without a token: local use only (as TREADLE_API_AUTH=off).",
+)
+def orchestrator(port: int | None, host: str | None, insecure_no_auth: bool) -> None:
+    """The orchestrator process: submissions by message, crash recovery, HTTP API on --port."""
     from config.queues import ORCHESTRATOR_QUEUE
     from orchestrator.process import make_orchestrator_app
 
     settings = _settings()
-    app = make_orchestrator_app(settings, _resolved_url(settings))
+    listener, auth = None, None
+    if port is None:
+        if host is not None or insecure_no_auth:
+            raise InvalidInput("--host and --insecure-no-auth need --port")
+    else:
+        from orchestrator.api.auth import Auth
+        from orchestrator.api.server import Listener
+
+        auth = Auth.from_settings(settings, insecure_no_auth=insecure_no_auth)
+        listener = Listener.bind(host or settings.api_host, port)
+        if not auth.enabled:
+            err.print(
+                f"[yellow]warning:[/] the HTTP API on {listener.url} takes requests without a token"
+            )
+    app = make_orchestrator_app(settings, _resolved_url(settings), listener=listener, auth=auth)
     app.worker_main(
         [
             "worker",
@@ -399,18 +429,29 @@ def orchestrator() -> None:
     )
 
 
-@main.command(hidden=True)
-@click.option("--port", type=int, required=True)
-def flower(port: int) -> None:
-    """Flower for this stack's app (started by `treadle up`)."""
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 in a container).",
+)
+def flower(port: int, address: str) -> None:
+    """Flower for this stack's app, with TREADLE_FLOWER_BASIC_AUTH (`treadle up` starts it)."""
     from config.celery_app import make_app
 
     settings = _settings()
+    if settings.flower_basic_auth is None and address not in ("127.0.0.1", "localhost", "::1"):
+        raise InvalidInput(
+            f"Flower on {address} would show every task to anyone: set "
+            "TREADLE_FLOWER_BASIC_AUTH=user:password"
+        )
     app = make_app(settings, _resolved_url(settings))
     # Flower reads the broker's kind from the connection's URL scheme, which a transport
     # named by its class would replace; it consumes nothing, so kombu's own will do.
     app.conf.broker_transport = None
-    argv = ["flower", f"--port={port}", "--address=127.0.0.1"]
+    argv = ["flower", f"--port={port}", f"--address={address}"]
     if settings.flower_basic_auth is not None:
         argv.append(f"--basic-auth={settings.flower_basic_auth.get_secret_value()}")
     app.start(argv)
@@ -436,7 +477,24 @@ def _running_stack(settings: Settings) -> Iterator[Any]:
         if settings.flower_basic_auth is not None
         else f"treadle:{secrets.token_urlsafe(12)}"
     )
-    with Stack(settings, flower_port=port, flower_auth=auth) as stack:
+    from orchestrator.api.auth import Auth
+
+    api_token = None
+    if settings.api_auth:
+        api_token = (
+            settings.api_token.get_secret_value()
+            if settings.api_token is not None
+            else secrets.token_urlsafe(24)
+        )
+        # Refused here, before anything starts, rather than by the orchestrator child.
+        Auth.from_settings(settings.model_copy(update={"api_token": SecretStr(api_token)}))
+    with Stack(
+        settings,
+        flower_port=port,
+        flower_auth=auth,
+        api_port=_free_port(settings.api_port),
+        api_token=api_token,
+    ) as stack:
         yield stack
 
 

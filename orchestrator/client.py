@@ -1,7 +1,8 @@
-"""The Python client: submit workflows, read their status, wait, list, cancel.
+"""The Python client: submit workflows, read their status, wait, list, cancel, resume, and
+work the dead-letter queue, either in-process against Redis or over the HTTP API.
 
 from orchestrator.client import Client
-with Client.connect() as client:
+with Client.connect() as client:          # Redis directly (or Client.remote(url, token))
     wid = client.submit("workers/samples/workflows/order-fulfillment.yaml")
     print(client.wait(wid, timeout_s=60)["state"])
 """
@@ -12,19 +13,24 @@ import builtins
 import itertools
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from config.settings import Settings, get_settings
+from orchestrator import metrics
 from orchestrator.audit import chain_problems
-from orchestrator.audit_report import AuditReport, audit
+from orchestrator.audit_report import AuditReport
 from orchestrator.dead_letters import DeadLetters
 from orchestrator.errors import Refused
 from orchestrator.service import Orchestrator, Submission, with_overrides
 from orchestrator.states import WORKFLOW_FINAL
 from orchestrator.validate import load_spec_file
+
+if TYPE_CHECKING:
+    from orchestrator.remote import RemoteClient
 
 
 def backoff_s(retry_after_s: float, tries: int, random_fraction: float) -> float:
@@ -34,15 +40,21 @@ def backoff_s(retry_after_s: float, tries: int, random_fraction: float) -> float
     return base + base * 0.5 * random_fraction
 
 
-class Client:
-    def __init__(self, orchestrator: Orchestrator):
-        self.orchestrator = orchestrator
+class DeadLetterQueue(Protocol):
+    """What a client offers of the dead-letter queue (local or over HTTP)."""
 
-    @classmethod
-    def connect(cls, settings: Settings | None = None, redis_url: str | None = None) -> Client:
-        return cls(Orchestrator.from_settings(settings or get_settings(), redis_url))
+    def entries(self) -> list[dict[str, Any]]: ...
 
-    def __enter__(self) -> Client:
+    def get(self, letter_id: str) -> dict[str, Any]: ...
+
+    def purge(self) -> int: ...
+
+
+class BaseClient(ABC):
+    """Everything a producer or operator does with treadle; the local and the remote
+    client differ only in how each call reaches the orchestrator."""
+
+    def __enter__(self) -> BaseClient:
         return self
 
     def __exit__(
@@ -53,8 +65,8 @@ class Client:
     ) -> None:
         self.close()
 
-    def close(self) -> None:
-        self.orchestrator.close()
+    @abstractmethod
+    def close(self) -> None: ...
 
     def submit(
         self,
@@ -92,7 +104,7 @@ class Client:
         deadline = time.monotonic() + retry_refused_s
         for tries in itertools.count():
             try:
-                return self.orchestrator.submit(merged, source)
+                return self._submit_once(merged, source)
             except Refused as refused:
                 wait = backoff_s(refused.retry_after_s, tries, random.random())
                 if time.monotonic() + wait > deadline:
@@ -100,8 +112,12 @@ class Client:
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
+    @abstractmethod
+    def _submit_once(self, raw: Any, source: str | None) -> Submission: ...
+
+    @abstractmethod
     def status(self, workflow_id: str) -> dict[str, Any]:
-        return self.orchestrator.store.status(workflow_id)
+        """The ``treadle status --json`` object."""
 
     def wait(
         self, workflow_id: str, timeout_s: float | None = None, poll_s: float = 0.05
@@ -120,16 +136,90 @@ class Client:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
+    @abstractmethod
+    def list(self, state: str | None = None, limit: int = 1000) -> builtins.list[dict[str, Any]]:
+        """Workflow summaries, newest first."""
+
+    @abstractmethod
+    def cancel(self, workflow_id: str, terminate: bool = False) -> str:
+        """Steps not started never start; running ones finish (or, with ``terminate``,
+        are stopped). Returns the workflow's state afterwards."""
+
+    @abstractmethod
+    def resume(self, workflow_id: str) -> builtins.list[str]:
+        """Re-run what did not succeed; returns the steps that run again."""
+
+    @property
+    @abstractmethod
+    def dead_letters(self) -> DeadLetterQueue: ...
+
+    @abstractmethod
+    def replay(self, letter_id: str) -> str:
+        """Re-queue a dead-lettered step; returns its workflow id."""
+
+    @abstractmethod
+    def replay_all(self) -> builtins.list[str]:
+        """Resume every workflow with a step dead letter; returns their ids."""
+
+    @abstractmethod
+    def audit(self, workflow_id: str) -> AuditReport:
+        """Check the recorded run against its graph; per-step waits and run times."""
+
+    @abstractmethod
+    def metrics_text(self) -> str:
+        """The Prometheus metrics in their text format (as ``/metrics`` serves them)."""
+
+    @abstractmethod
+    def audit_log(self, workflow_id: str) -> tuple[builtins.list[str], str]:
+        """The stored audit records (canonical JSON texts, in order) and the hash of the
+        last one that the workflow points to: enough to check the chain yourself."""
+
+
+class Client(BaseClient):
+    """In-process: validates, stores and dispatches through Redis itself."""
+
+    def __init__(self, orchestrator: Orchestrator):
+        self.orchestrator = orchestrator
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None, redis_url: str | None = None) -> Client:
+        return cls(Orchestrator.from_settings(settings or get_settings(), redis_url))
+
+    @staticmethod
+    def remote(url: str, token: str | None = None, timeout_s: float = 30.0) -> RemoteClient:
+        """A client of the orchestrator's HTTP API at ``url``, with the same methods."""
+        from orchestrator.remote import RemoteClient
+
+        return RemoteClient(url, token, timeout_s=timeout_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> BaseClient:
+        """Remote when ``TREADLE_API_URL`` is set, else in-process on Redis."""
+        settings = settings or get_settings()
+        if settings.api_url:
+            token = settings.api_token.get_secret_value() if settings.api_token else None
+            return cls.remote(settings.api_url, token, settings.api_timeout_s)
+        return cls.connect(settings)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def close(self) -> None:
+        self.orchestrator.close()
+
+    def _submit_once(self, raw: Any, source: str | None) -> Submission:
+        return self.orchestrator.submit(raw, source)
+
+    def status(self, workflow_id: str) -> dict[str, Any]:
+        return self.orchestrator.store.status(workflow_id)
+
     def list(self, state: str | None = None, limit: int = 1000) -> builtins.list[dict[str, Any]]:
         return self.orchestrator.store.summaries(state, limit)
 
     def cancel(self, workflow_id: str, terminate: bool = False) -> str:
-        """Steps not started never start; running ones finish (or, with ``terminate``,
-        are stopped)."""
         return self.orchestrator.cancel(workflow_id, terminate)
 
     def resume(self, workflow_id: str) -> builtins.list[str]:
-        """Re-run what did not succeed; returns the steps that run again."""
         return self.orchestrator.resume(workflow_id).steps
 
     @property
@@ -137,21 +227,24 @@ class Client:
         return DeadLetters(self.orchestrator.store)
 
     def replay(self, letter_id: str) -> str:
-        """Re-queue a dead-lettered step; returns its workflow id."""
         return self.orchestrator.replay(letter_id).workflow_id
 
+    def replay_all(self) -> builtins.list[str]:
+        return self.orchestrator.replay_all()
+
     def audit(self, workflow_id: str) -> AuditReport:
-        """Check the recorded run against its graph; per-step waits and run times."""
-        entries, tail = self.orchestrator.store.audit_entries(workflow_id)
-        defs = self.orchestrator.store.step_defs(workflow_id)
-        after = {s: d.get("after", []) for s, d in defs.items()}
-        all_done = [s for s, d in defs.items() if d.get("trigger") == "all_done"]
-        return audit(workflow_id, entries, tail, after, all_done)
+        return self.orchestrator.audit(workflow_id)
+
+    def audit_log(self, workflow_id: str) -> tuple[builtins.list[str], str]:
+        return self.orchestrator.store.audit_entries(workflow_id)
+
+    def metrics_text(self) -> str:
+        body, _ = metrics.exposition(self.orchestrator.store, self.orchestrator.checker.topology)
+        return body.decode()
 
     def audit_chain_problems(self, workflow_id: str) -> builtins.list[str]:
         """Where the stored audit chain was changed or cut (empty when intact)."""
-        entries, tail = self.orchestrator.store.audit_entries(workflow_id)
-        return chain_problems(entries, tail)
+        return chain_problems(*self.audit_log(workflow_id))
 
 
-__all__ = ["Client"]
+__all__ = ["BaseClient", "Client", "DeadLetterQueue"]

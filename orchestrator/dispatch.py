@@ -31,13 +31,16 @@ def step_signature(
     app: Celery, workflow_id: str, step_id: str, step: Mapping[str, Any], priority: str
 ) -> Signature:
     soft = float(step["timeout_s"])
+    pool = step.get("priority") or priority
     return app.signature(
         step["task"],
         args=(workflow_id, step_id),
         immutable=True,
-        queue=queue_for(step.get("priority") or priority),
+        queue=queue_for(pool),
         soft_time_limit=soft,
         time_limit=Settings.hard_limit_s(soft),
+        # What Flower and Celery's logs show as the task's arguments.
+        argsrepr=f"workflow={workflow_id} step={step_id} pool={pool}",
     )
 
 

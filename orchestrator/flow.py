@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.broker_transport import to_front
 from config.topology import Topology
 from orchestrator.keys import Keys
 from orchestrator.limits import (
@@ -92,7 +93,7 @@ class FlowControl:
         self.store = store
         self.topology = topology
         keys = store.keys
-        self._keys = [keys.delayed, keys.delayed_entries, keys.limits_active]
+        self._keys = [keys.delayed, keys.delayed_entries, keys.limits_active, keys.metrics]
         self._script = store.redis.register_script(lua_script("flow.lua"))
 
     # -- what a step takes ---------------------------------------------------------------
@@ -124,8 +125,14 @@ class FlowControl:
         lease_s: float,
         message: Mapping[str, Any],
     ) -> Waiting | None:
-        """Take every limit or none. None: taken. Else the step's message is parked."""
+        """Take every limit or none. None: taken. Else the step's message is parked, to
+        be published when it is woken: at the front of its queue (it was there when it
+        was refused), unless it waited for its tenant's cap. Then it goes back in line
+        behind the other tenants' steps, or a tenant's woken steps would take every
+        slot that its own steps free, and another tenant's would wait behind them."""
         member = member_of(view.workflow_id, view.step_id)
+        woken = json.dumps(to_front(message))
+        in_line = json.dumps(message) if any(lim.kind == "tenant" for lim in limits) else ""
         for _ in range(4):
             reply = self._call(
                 "acquire",
@@ -135,7 +142,8 @@ class FlowControl:
                 lease_s,
                 self.order_of(view),
                 f"{member}/wait-{uuid.uuid4().hex[:12]}",
-                json.dumps(message),
+                woken,
+                in_line,
             )
             if text(reply[0]) == "ok":
                 return None

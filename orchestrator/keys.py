@@ -14,6 +14,10 @@
 {p}:<kind>:<name>:*    a shared limit (see orchestrator.flow): kind is res (a topology
                        resource), key (a concurrency key value) or tenant (<class>:<tenant>)
 {p}:limits:active      set    base keys of limits with holders, waiters or an open circuit
+{p}:metrics            hash   counters and histogram buckets, fields JSON arrays such as
+                              ["steps", class, state] or ["run", task, bucket] (see
+                              orchestrator.metrics, written by the Lua scripts)
+{p}:running            zset   "<class> <workflow key> <step>" -> when its attempt started
 {p}:lent               hash   worker node -> its loan (JSON: home class, the class it helps,
                               since): workers told to also consume a busy queue
 {p}:queue_watch:lock   string held by the one orchestrator deciding loans this round
@@ -117,6 +121,14 @@ class Keys:
         (bucket and circuit), ``:holders``, ``:owners``, ``:queue`` and ``:parked``."""
         short = {"resource": "res"}.get(kind, kind)
         return f"{self.prefix}:{short}:{name}"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.prefix}:metrics"
+
+    @property
+    def running(self) -> str:
+        return f"{self.prefix}:running"
 
     @property
     def limits_active(self) -> str:

@@ -3,12 +3,15 @@
 It takes submissions and cancellations sent as messages (so producers in any language
 can submit with a plain Celery message), runs the recovery sweep on a timer, and watches
 the queues (aging, lending idle workers to busy queues; see ``orchestrator.queue_watch``).
+Given a listener, it also serves the HTTP API (``orchestrator.api``) with the same
+orchestrator.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import uuid
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
 
@@ -21,10 +24,20 @@ from orchestrator.recovery import sweep
 from orchestrator.service import Orchestrator, with_overrides
 from workers.upkeep import install_upkeep
 
+if TYPE_CHECKING:
+    from orchestrator.api.auth import Auth
+    from orchestrator.api.server import Listener
+
 log = logging.getLogger("treadle.orchestrator")
 
 
-def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
+def make_orchestrator_app(
+    settings: Settings,
+    redis_url: str,
+    *,
+    listener: Listener | None = None,
+    auth: Auth | None = None,
+) -> Celery:
     orchestrator = Orchestrator.from_settings(settings, redis_url)
     app = orchestrator.app
 
@@ -67,6 +80,13 @@ def make_orchestrator_app(settings: Settings, redis_url: str) -> Celery:
                 log.exception("recovery sweep failed")
 
     app.steps["worker"].add(Sweeper)
-    install_upkeep(app, settings, redis_url, incarnation="orchestrator")
+    # Its own heartbeat per process: a replica that dies must not be kept alive by the
+    # beats of another.
+    install_upkeep(app, settings, redis_url, incarnation=f"orchestrator-{uuid.uuid4().hex[:12]}")
     install_queue_watch(app, settings, redis_url, load_topology(settings.topology))
+    if listener is not None:
+        from orchestrator.api.app import create_app
+        from orchestrator.api.server import install_api
+
+        install_api(app, create_app(orchestrator, settings, auth=auth), listener)
     return app

@@ -40,6 +40,7 @@ from config.redis_client import connect
 from config.settings import Settings
 from config.topology import PRIORITY_ORDER, PriorityClass, Topology
 from orchestrator import tickets
+from orchestrator.errors import NotFound
 from orchestrator.keys import Keys
 from orchestrator.queue_policy import (
     GiveBack,
@@ -56,7 +57,7 @@ from orchestrator.queue_policy import (
     waiting_since,
     workers_seen,
 )
-from orchestrator.store import StateStore, lua_script, text
+from orchestrator.store import Change, Conflict, StateStore, lua_script, text
 
 log = logging.getLogger("treadle.queue_watch")
 
@@ -202,7 +203,29 @@ class QueueWatch:
             promoted.append(
                 Promotion(queued.workflow_id, queued.step_id, queued.task, source, target, waited)
             )
+        for promotion in promoted:
+            self._record(promotion, now)
         return promoted
+
+    def _record(self, promotion: Promotion, now: float) -> None:
+        """Put the move in the step's audit trail (and its record, for ``treadle status``)."""
+        record = self.store.step_records_of(promotion.workflow_id, [promotion.step_id])
+        state = record.get(promotion.step_id, {}).get("state")
+        if state is None:
+            return  # its workflow is gone
+        change = Change(
+            promotion.step_id,
+            state,
+            state,
+            {"promoted_to": promotion.target.value, "promoted_at": now},
+            {
+                "at": now,
+                "promoted": f"{promotion.source.value} -> {promotion.target.value}",
+                "waited_s": round(promotion.waited_s, 3),
+            },
+        )
+        with contextlib.suppress(Conflict, NotFound):  # it moved on meanwhile: it ran
+            self.store.apply(promotion.workflow_id, [change])
 
     # -- rebalancing ----------------------------------------------------------------
 

@@ -301,6 +301,9 @@ def stack_banner(console: Console, stack: Any) -> None:
     if stack.flower_port:
         user, _, password = (stack.flower_auth or "").partition(":")
         console.print(f"  Flower: {stack.flower_url()}  (user {user!r}, password {password!r})")
+    if stack.api_port is not None:
+        token = f"token {stack.api_token!r}" if stack.api_token else "no token: auth is off"
+        console.print(f"  API:    {stack.api_url()}  ({token})")
 
 
 def flower_view(console: Console, stack: Any) -> None:

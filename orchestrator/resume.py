@@ -21,7 +21,7 @@ from orchestrator.compiler import compile_graph
 from orchestrator.dag import Graph
 from orchestrator.dead_letters import DeadLetters
 from orchestrator.dispatch import dispatch
-from orchestrator.errors import InvalidInput
+from orchestrator.errors import InvalidInput, WrongState
 from orchestrator.model import Step, Workflow
 from orchestrator.states import StepState, WorkflowState
 from orchestrator.store import Change, Conflict, StateStore, step_definitions, waiting_counts
@@ -65,9 +65,7 @@ def resume(app: Celery, store: StateStore, workflow_id: str) -> Resumed:
     for _ in range(16):
         fields = store.workflow_fields(workflow_id)
         if fields["state"] in (WorkflowState.running, WorkflowState.pending):
-            raise InvalidInput(
-                f"workflow {workflow_id} is still {fields['state']}: cancel it first"
-            )
+            raise WrongState(f"workflow {workflow_id} is still {fields['state']}: cancel it first")
         records, defs = store.step_records(workflow_id), store.step_defs(workflow_id)
         rerun = steps_to_rerun(records, defs)
         if not rerun:

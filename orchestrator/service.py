@@ -6,6 +6,7 @@ Used in-process by the Python client and the CLI, and by the orchestrator proces
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -21,10 +22,11 @@ from config.redis_client import answers, connect
 from config.settings import Settings
 from config.topology import Topology, load_topology
 from orchestrator.admission import Admission
+from orchestrator.audit_report import AuditReport, audit
 from orchestrator.compiler import compile_workflow
 from orchestrator.dead_letters import DeadLetters
 from orchestrator.dispatch import dispatch
-from orchestrator.errors import InvalidInput, Problem, Unreachable
+from orchestrator.errors import InvalidInput, Problem, Unreachable, WrongState
 from orchestrator.flow import FlowControl, reservations
 from orchestrator.keys import Keys
 from orchestrator.model import Workflow
@@ -57,6 +59,24 @@ def with_overrides(
     if priority is not None:
         merged["priority"] = priority
     return merged
+
+
+def parse_param(text: str, where: str = "--param") -> tuple[str, Any]:
+    """One ``KEY=VALUE`` override (the CLI's ``--param``, the API's ``param=``); the value
+    is parsed as JSON if it is JSON, else kept as a string."""
+    if "=" not in text:
+        raise InvalidInput(Problem(where, f"{text!r}: expected KEY=VALUE"))
+    key, value = text.split("=", 1)
+    if not key:
+        raise InvalidInput(Problem(where, f"{text!r}: empty key"))
+    try:
+        return key, json.loads(value, parse_constant=_not_json)
+    except ValueError:  # not JSON (NaN and Infinity are not either): the text itself
+        return key, value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(name)
 
 
 class SpecChecker:
@@ -128,11 +148,19 @@ class SpecChecker:
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, app: Celery, store: StateStore, checker: SpecChecker):
+    def __init__(
+        self,
+        settings: Settings,
+        app: Celery,
+        store: StateStore,
+        checker: SpecChecker,
+        redis_url: str | None = None,
+    ):
         self.settings = settings
         self.app = app
         self.store = store
         self.checker = checker
+        self.redis_url = redis_url  # for probes that must not wait out the retry window
         self.admission = Admission(store, checker.topology)
         self.flow = FlowControl(store, checker.topology)
 
@@ -149,6 +177,7 @@ class Orchestrator:
             make_app(settings, url),
             StateStore(client, Keys(settings.key_prefix), state_ttl_s=settings.state_ttl_s),
             SpecChecker(settings),
+            url,
         )
 
     def close(self) -> None:
@@ -244,8 +273,34 @@ class Orchestrator:
         """Re-queue a dead-lettered step; its workflow goes on (a resume of it)."""
         letter = DeadLetters(self.store).get(letter_id)
         if letter.get("kind") != "step":
-            raise InvalidInput(
+            raise WrongState(
                 f"dead letter {letter_id} is a message that could not be read "
                 f"({letter.get('error')}); it cannot be replayed, only purged"
             )
         return self.resume(letter["workflow_id"])
+
+    def replay_all(self) -> list[str]:
+        """Resume every workflow with a step in the dead-letter queue; their ids."""
+        letters = DeadLetters(self.store).entries()
+        workflows = sorted({e["workflow_id"] for e in letters if e.get("kind") == "step"})
+        for workflow_id in workflows:
+            self.resume(workflow_id)
+        return workflows
+
+    def audit(self, workflow_id: str) -> AuditReport:
+        """Check the recorded run against its graph (``treadle audit``)."""
+        entries, tail = self.store.audit_entries(workflow_id)
+        defs = self.store.step_defs(workflow_id)
+        after = {s: d.get("after", []) for s, d in defs.items()}
+        all_done = [s for s, d in defs.items() if d.get("trigger") == "all_done"]
+        return audit(workflow_id, entries, tail, after, all_done)
+
+    def ready(self) -> bool:
+        """Redis answers now (one ping, no retrying)."""
+        if self.redis_url is None:
+            return bool(self.store.redis.ping())
+        try:
+            answers(self.redis_url, self.settings, timeout_s=2.0)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+        return True

@@ -1,5 +1,6 @@
 """The embedded stack: a private Redis (unless TREADLE_REDIS_URL is set), one worker
-process per pool, the orchestrator and Flower, as child processes of one command.
+process per pool, the orchestrator (serving the HTTP API when given a port) and Flower,
+as child processes of one command.
 
 ``treadle up``, ``treadle demo`` and the test suite all start treadle through this.
 """
@@ -79,6 +80,8 @@ class Stack:
         orchestrator: bool = True,
         flower_port: int | None = None,
         flower_auth: str | None = None,
+        api_port: int | None = None,
+        api_token: str | None = None,
         extra_env: Mapping[str, str] | None = None,
     ):
         self.settings = settings
@@ -92,6 +95,8 @@ class Stack:
         self.with_orchestrator = orchestrator
         self.flower_port = flower_port
         self.flower_auth = flower_auth
+        self.api_port = api_port
+        self.api_token = api_token
         self.extra_env = dict(extra_env or {})
         self.embedded: EmbeddedRedis | None = None
         self.redis_url = settings.redis_url or ""
@@ -128,10 +133,12 @@ class Stack:
         for spec in self.worker_specs:
             self.start_worker(spec)
         if self.with_orchestrator:
-            self._spawn("orchestrator", ["orchestrator"])
+            self.start_orchestrator("orchestrator", self.api_port)
         if self.flower_port is not None:
             self._spawn("flower", ["flower", "--port", str(self.flower_port)])
             self.wait_http(self.flower_port)
+        if self.with_orchestrator and self.api_port is not None:
+            self.wait_http(self.api_port)
         self.wait_ready([s.node_name(host_name()) for s in self.worker_specs])
 
     def start_worker(self, spec: WorkerSpec) -> ChildProcess:
@@ -139,6 +146,12 @@ class Stack:
         if spec.concurrency is not None:
             argv += ["--concurrency", str(spec.concurrency)]
         return self._spawn(spec.node_name(host_name()).split("@")[0], argv)
+
+    def start_orchestrator(self, name: str, api_port: int | None = None) -> ChildProcess:
+        """An orchestrator process (another replica, if one runs), serving the HTTP API on
+        ``api_port`` when given; the caller waits for the port (``wait_http``)."""
+        port = [] if api_port is None else ["--port", str(api_port)]
+        return self._spawn(name, ["orchestrator", *port])
 
     def stop(self) -> None:
         """TERM every child (workers finish or requeue their steps), then KILL laggards.
@@ -179,6 +192,8 @@ class Stack:
         env["TREADLE_TASK_MODULES"] = self.settings.task_modules
         if self.flower_auth:
             env["TREADLE_FLOWER_BASIC_AUTH"] = self.flower_auth
+        if self.api_token:
+            env["TREADLE_API_TOKEN"] = self.api_token
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -229,13 +244,15 @@ class Stack:
             ) from exc
 
     def wait_http(self, port: int, timeout_s: float = _READY_TIMEOUT_S) -> None:
-        """Until something accepts connections on the loopback ``port``."""
+        """Until something accepts connections on the loopback ``port`` (or a child died:
+        an orchestrator refused to serve without a token, a port was taken)."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return
             except OSError:
+                self._raise_if_one_died()
                 if time.monotonic() > deadline:
                     raise Unreachable(
                         f"nothing answers on port {port} after {timeout_s} s"
@@ -244,6 +261,9 @@ class Stack:
 
     def flower_url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.flower_port}{path}"
+
+    def api_url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.api_port}{path}"
 
     def flower_api(self, path: str) -> Any:
         """GET a Flower API path (with this stack's basic auth) and decode its JSON."""
@@ -254,6 +274,14 @@ class Stack:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def _raise_if_one_died(self) -> None:
+        dead = [c for c in self.children if not c.alive()]
+        if dead:
+            raise Unreachable(
+                f"{dead[0].name} exited with code {dead[0].process.returncode}; "
+                f"see {dead[0].log_path}"
+            )
+
     def wait_ready(self, node_names: Sequence[str], timeout_s: float = _READY_TIMEOUT_S) -> None:
         """Until every named worker answers a ping (or one of them died)."""
         if not node_names:
@@ -263,12 +291,7 @@ class Stack:
             deadline = time.monotonic() + timeout_s
             waiting = set(node_names)
             while waiting:
-                dead = [c for c in self.children if not c.alive()]
-                if dead:
-                    raise Unreachable(
-                        f"{dead[0].name} exited with code {dead[0].process.returncode}; "
-                        f"see {dead[0].log_path}"
-                    )
+                self._raise_if_one_died()
                 if time.monotonic() > deadline:
                     raise Unreachable(f"workers not ready after {timeout_s} s: {sorted(waiting)}")
                 replies = app.control.ping(destination=sorted(waiting), timeout=0.5) or []

@@ -213,6 +213,7 @@ class StateStore:
                 self.keys.index,
                 idem,
                 self.keys.waiting(workflow_id),
+                self.keys.metrics,
             ],
             args=[
                 workflow_id,
@@ -258,6 +259,8 @@ class StateStore:
             self.keys.dead_letters,
             self.keys.dead_letters_by_time,
             self.keys.outstanding,
+            self.keys.metrics,
+            self.keys.running,
         ]
         if tail is None:
             tail = text(self._guard(lambda: self.redis.hget(keys[0], "audit_tail")) or b"")
@@ -441,6 +444,8 @@ class StateStore:
                     **({"skip_reason": record["skip_reason"]} if "skip_reason" in record else {}),
                     # A queued step held back by a shared limit (orchestrator.flow).
                     **({"waiting_for": record["waiting_for"]} if record.get("waiting_for") else {}),
+                    # Moved up a class by aging (orchestrator.queue_watch): it ran there.
+                    **({"promoted_to": record["promoted_to"]} if "promoted_to" in record else {}),
                 }
             )
         return {

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -21,6 +22,7 @@ from config.settings import Settings
 from config.topology import PriorityClass
 from orchestrator.client import Client
 from orchestrator.stack import Stack, WorkerSpec
+from tests.faults import CuttingProxy
 
 T = TypeVar("T")
 
@@ -63,6 +65,27 @@ def stack(settings: Settings) -> Iterator[Stack]:
 def client(stack: Stack, settings: Settings) -> Iterator[Client]:
     with Client.connect(settings, stack.redis_url) as connected:
         yield connected
+
+
+@pytest.fixture
+def proxy(stack: Stack) -> Iterator[CuttingProxy]:
+    """A proxy in front of the session's Redis that can lose a reply (tests.faults)."""
+    with CuttingProxy(stack.redis_url) as running:
+        yield running
+
+
+def database_url(url: str, db: int) -> str:
+    """``url`` (credentials and all) with database ``db``."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+
+
+def spare_database(stack: Stack, db: int) -> Iterator[redis.Redis]:
+    """A database of the session's Redis that no worker consumes, empty before and after."""
+    connection = redis.Redis.from_url(database_url(stack.redis_url, db))
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 class CuttingProxy:
     """A TCP proxy in front of Redis that can drop a connection right after the server
     answered a command, before the client reads the answer: the command ran, the caller
-    cannot know. ``cut_reply_to(b"EVALSHA")`` arms it for the next such command."""
+    cannot know. ``cut_reply_to(b"EVALSHA")`` arms it for the next such command (or the
+    next ``times`` of them); the reply cut is the one on the connection that sent it."""
 
     def __init__(self, target_url: str):
         parts = urlsplit(target_url)
@@ -22,6 +23,7 @@ class CuttingProxy:
         self._listener = socket.create_server((parts.hostname, 0))
         self.port: int = self._listener.getsockname()[1]
         self._command: bytes | None = None
+        self._times = 0
         self._closed = threading.Event()
         self.cuts = 0
         self._sockets: list[socket.socket] = []
@@ -30,11 +32,21 @@ class CuttingProxy:
     @property
     def url(self) -> str:
         """The target's URL (credentials and all) with the proxy's port."""
-        userinfo, _, _ = self._target_url.netloc.rpartition("@")
-        netloc = f"{userinfo}@" if userinfo else ""
-        return urlunsplit(self._target_url._replace(netloc=f"{netloc}{self.target[0]}:{self.port}"))
+        return self.url_for()
 
-    def cut_reply_to(self, command: bytes) -> None:
+    def url_for(self, db: int | None = None) -> str:
+        """``url``, with another database if ``db`` is given."""
+        userinfo, _, _ = self._target_url.netloc.rpartition("@")
+        netloc = (
+            f"{userinfo}@{self.target[0]}:{self.port}"
+            if userinfo
+            else (f"{self.target[0]}:{self.port}")
+        )
+        path = self._target_url.path if db is None else f"/{db}"
+        return urlunsplit(self._target_url._replace(netloc=netloc, path=path))
+
+    def cut_reply_to(self, command: bytes, times: int = 1) -> None:
+        self._times = times
         self._command = command
 
     def __enter__(self) -> CuttingProxy:
@@ -77,7 +89,9 @@ class CuttingProxy:
         try:
             while chunk := source.recv(65536):
                 if not replies and self._command is not None and self._command in chunk:
-                    self._command = None
+                    self._times -= 1
+                    if self._times <= 0:
+                        self._command = None
                     armed.set()
                 elif replies and armed.is_set():
                     armed.clear()

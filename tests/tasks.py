@@ -51,3 +51,22 @@ def ignore_soft_limit(seconds: float) -> None:
             time.sleep(max(0.0, min(0.05, deadline - time.monotonic())))
         except SoftTimeLimitExceeded:
             continue
+
+
+def open_gate(name: str, redis_url: str) -> None:
+    """Lets every ``tests.hold`` step waiting on ``name`` (and any later one) finish."""
+    with _redis(redis_url) as client:
+        client.set(f"tests:gate:{name}", 1)
+
+
+@task(name="tests.hold")
+def hold(name: str, timeout_s: float = 60.0) -> str:
+    """Runs until the test opens the gate ``name``: load that lasts exactly as long as
+    the test needs it, however slow the machine. Fails if the gate never opens."""
+    deadline = time.monotonic() + timeout_s
+    with _redis() as client:
+        while not client.exists(f"tests:gate:{name}"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gate {name} was not opened within {timeout_s} s")
+            time.sleep(0.02)
+    return name

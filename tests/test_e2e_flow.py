@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from orchestrator.occupancy import Run, max_overlap, max_starts_per_window, over
 from orchestrator.stack import Stack, WorkerSpec
 from orchestrator.states import WORKFLOW_FINAL
 from tests.conftest import TEST_MODULES, run_cli, wait_until
+from tests.scraping import scrape, value
+from tests.tasks import open_gate
 
 pytestmark = pytest.mark.e2e
 
@@ -109,6 +113,7 @@ def test_a_rate_limit_holds_across_worker_processes_and_waiting_steps_hold_no_sl
     assert max_starts_per_window(starts) <= 12
     waited = [r for r in records(client, flood) if r.get("waiting_for") == "api"]
     assert len(waited) >= 15, "most of the flood should have waited for the bucket"
+    assert value(scrape(client), "treadle_limit_deferrals_total", limit="api", reason="rate") >= 15
     # Waiting steps hold no worker slot: a step of the same pool ran meanwhile.
     unrelated_end = statuses[1]["steps"][0]["finished_at"]
     assert unrelated_end < max(starts)
@@ -245,14 +250,53 @@ def test_a_tenant_cap_leaves_room_for_another_tenant(flow_stack: tuple[Stack, Cl
     assert small_start < max(r.start for r in big), "the small tenant waited for the flood"
 
 
+def test_tenants_at_their_caps_take_turns_with_a_newcomer(
+    flow_stack: tuple[Stack, Client],
+) -> None:
+    _, client = flow_stack
+    # Two tenants at their caps (2 each) fill the pool's 4 processes, with more waiting.
+    floods = [
+        client.submit(
+            {
+                "name": f"tenant-{tenant}",
+                "tenant": tenant,
+                "steps": parallel(tenant, 10, "treadle.sleep", args={"seconds": 0.3}),
+            }
+        )
+        for tenant in ("a", "b")
+    ]
+
+    def pool_full() -> bool:
+        steps = [s for w in floods for s in client.status(w)["steps"]]
+        return sum(s["state"] == "running" for s in steps) == 4  # type: ignore[no-any-return]
+
+    wait_until(pool_full, 30, "both tenants to run at their caps")
+    arrived = time.time()
+    late = client.submit(
+        {
+            "name": "tenant-c",
+            "tenant": "c",
+            "steps": [{"id": "c", "task": "treadle.sleep", "args": {"seconds": 0.1}}],
+        }
+    )
+    statuses = finished(client, *floods, late)
+    assert all(s["state"] == "succeeded" for s in statuses)
+    c_start = step_runs(client, [late])[0].start
+    overtaking = [r for r in step_runs(client, floods) if arrived < r.start < c_start]
+    # Its turn comes with the first freed slot, or the one after if two free at once:
+    # the floods' woken steps do not keep jumping ahead of it.
+    assert len(overtaking) <= 2, f"{len(overtaking)} steps of the floods went first"
+
+
 def test_admission_refuses_a_class_over_its_watermark_and_enqueues_nothing(
     flow_stack: tuple[Stack, Client], tmp_path: Path
 ) -> None:
     stack, client = flow_stack
+    gate = f"admission-{uuid.uuid4().hex}"
     spec = {
         "name": "bulk-load",
         "priority": "bulk",
-        "steps": parallel("b", 3, "treadle.sleep", args={"seconds": 1.5}),
+        "steps": parallel("b", 3, "tests.hold", args={"name": gate}),
     }
     admitted = [client.submit(spec) for _ in range(2)]  # 6 outstanding: the watermark
     before = len(client.list())
@@ -262,10 +306,17 @@ def test_admission_refuses_a_class_over_its_watermark_and_enqueues_nothing(
     assert refused.returncode == 3, refused.stderr
     assert "retry in" in refused.stderr and "watermark of 6" in refused.stderr
     assert len(client.list()) == before  # nothing of it was written
+    refusals = value(scrape(client), "treadle_admission_refused_total", **{"class": "bulk"})
     with pytest.raises(Refused) as caught:
         client.submit(spec)
     assert caught.value.retry_after_s >= 1
+    assert len(client.list()) == before
+    assert (
+        value(scrape(client), "treadle_admission_refused_total", **{"class": "bulk"})
+        == refusals + 1
+    )
     # Asked to, the client waits as told and gets in once the class has drained.
+    open_gate(gate, stack.redis_url)
     late = client.submit(spec, retry_refused_s=60)
     statuses = finished(client, *admitted, late)
     assert all(s["state"] == "succeeded" for s in statuses)
@@ -278,13 +329,14 @@ def test_admission_refuses_a_class_over_its_watermark_and_enqueues_nothing(
 def test_unstarted_bulk_work_is_parked_under_overload_and_resumed_after(
     flow_stack: tuple[Stack, Client],
 ) -> None:
-    _, client = flow_stack
+    stack, client = flow_stack
     # Both bulk processes busy, so the next bulk workflows wait unstarted on the queue.
+    gate = f"blocker-{uuid.uuid4().hex}"
     blocker = client.submit(
         {
             "name": "bulk-blocker",
             "priority": "bulk",
-            "steps": parallel("b", 2, "treadle.sleep", args={"seconds": 2.0}),
+            "steps": parallel("b", 2, "tests.hold", args={"name": gate}),
         }
     )
     chain = [
@@ -307,6 +359,7 @@ def test_unstarted_bulk_work_is_parked_under_overload_and_resumed_after(
         20,
         "the unstarted bulk workflows to be parked",
     )
+    open_gate(gate, stack.redis_url)
     statuses = finished(client, blocker, surge, *sheddable, timeout_s=90)
     assert all(s["state"] == "succeeded" for s in statuses), [s["state"] for s in statuses]
     surge_end = statuses[1]["finished_at"]

@@ -211,6 +211,15 @@ def test_a_bulk_step_stuck_behind_a_busy_pool_runs_on_a_default_worker(
         "the promotion in the orchestrator's log",
     )
     assert "(treadle.noop)" in line and "on the bulk queue" in line and "default queue" in line
+    # The move is in the step's audit trail too, before its run, and the trail holds.
+    entries, _ = client.orchestrator.store.audit_entries(waiting)
+    trail = [json.loads(e) for e in entries if json.loads(e).get("step_id") == "quick"]
+    moved = [i for i, r in enumerate(trail) if r.get("promoted") == "bulk -> default"]
+    ran = [i for i, r in enumerate(trail) if r.get("to") == "running"]
+    assert len(moved) == 1 and ran and moved[0] < ran[0]
+    assert trail[moved[0]]["waited_s"] >= 1
+    assert quick["promoted_to"] == "default"
+    assert client.audit(waiting).ok
     client.cancel(blocker, terminate=True)  # no need to wait out the sleep at shutdown
 
 

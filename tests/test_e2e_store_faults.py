@@ -13,7 +13,6 @@ from config.settings import Settings
 from orchestrator.client import Client
 from orchestrator.compiler import compile_workflow
 from orchestrator.keys import Keys
-from orchestrator.stack import Stack
 from orchestrator.store import Change, StateStore, lua_script
 from tests.faults import CuttingProxy
 
@@ -26,12 +25,6 @@ N_SHAPE = {
         {"id": "d", "task": "treadle.noop", "after": ["b"]},
     ],
 }
-
-
-@pytest.fixture
-def proxy(stack: Stack) -> Iterator[CuttingProxy]:
-    with CuttingProxy(stack.redis_url) as running:
-        yield running
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.e2e
 
 
 def _env(**extra: str) -> dict[str, str]:
-    # Flower on any free port, so a running `treadle up` elsewhere does not matter.
-    return clean_env(task_modules=SAMPLE_MODULES, flower_port="0", **extra)
+    # Flower and the API on any free port, so a running `treadle up` elsewhere does not matter.
+    return clean_env(task_modules=SAMPLE_MODULES, flower_port="0", api_port="0", **extra)
 
 
 def _treadle(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,6 +60,9 @@ def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
         match = re.search(r"Flower: (\S+)\s+\(user '([^']+)', password '([^']+)'\)", banner)
         assert match, banner
         url, auth = match.group(1), f"{match.group(2)}:{match.group(3)}"
+        api = re.search(r"API: +(\S+)\s+\(token '([^']+)'\)", banner)
+        assert api, banner
+        api_url, token = api.group(1), api.group(2)
 
         # Another command in the same directory finds the running stack by itself.
         spec = tmp_path / "hello.yaml"
@@ -70,6 +73,19 @@ def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
         assert submitted.returncode == 0, submitted.stderr
         workflow_id = json.loads(submitted.stdout)["id"]
 
+        # The API it printed answers with the token it printed, and only with it.
+        remote = treadle(
+            "status",
+            workflow_id,
+            "--json",
+            env=_env(api_url=api_url, api_token=token),
+            cwd=tmp_path,
+        )
+        assert remote.returncode == 0, remote.stderr
+        assert json.loads(remote.stdout)["state"] == "succeeded"
+        wrong = treadle("list", env=_env(api_url=api_url, api_token="x" * 20), cwd=tmp_path)
+        assert wrong.returncode == 2 and "token" in wrong.stderr
+
         def every_pool_shown() -> bool:
             workers = _flower(url, auth, "/api/workers?refresh=1")
             pools = {name.split("@")[0] for name in workers}
@@ -77,7 +93,9 @@ def test_up_serves_submissions_shows_pools_in_flower_and_stops_on_ctrl_c(
 
         def step_shown() -> bool:
             tasks = _flower(url, auth, "/api/tasks?state=SUCCESS")
-            return any(t.get("args") and workflow_id in t["args"] for t in tasks.values())
+            # Named so that Flower shows the workflow, the step and the pool.
+            shown = f"workflow={workflow_id} step=a pool=critical"
+            return any(shown in (t.get("args") or "") for t in tasks.values())
 
         wait_until(every_pool_shown, 30, "Flower to show a worker of every pool")
         wait_until(step_shown, 30, "Flower to show the finished step", poll_s=0.2)

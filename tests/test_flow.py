@@ -16,6 +16,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from config.broker_transport import FRONT_OF_QUEUE_HEADER
 from config.topology import Topology
 from orchestrator.flow import FAILURE, SUCCESS, FlowControl, Waiting, member_of
 from orchestrator.keys import Keys
@@ -75,15 +76,19 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def take_due(flow: FlowControl) -> list[str]:
+def due_messages(flow: FlowControl) -> list[dict[str, Any]]:
     """Take the waiting messages that are due now, in the order the publisher would."""
     r, keys = flow.store.redis, flow.store.keys
     ids = r.zrangebyscore(keys.delayed, "-inf", time.time())
-    steps = [json.loads(text(r.hget(keys.delayed_entries, text(i))))["step"] for i in ids]
+    messages = [json.loads(text(r.hget(keys.delayed_entries, text(i)))) for i in ids]
     if ids:
         r.zrem(keys.delayed, *ids)
         r.hdel(keys.delayed_entries, *ids)
-    return steps
+    return messages
+
+
+def take_due(flow: FlowControl) -> list[str]:
+    return [m["step"] for m in due_messages(flow)]
 
 
 def keep_alive(flow: FlowControl, *incarnations: str) -> None:
@@ -110,6 +115,23 @@ def test_a_semaphore_admits_its_limit_and_wakes_waiters_first_come_first_served(
     # A newcomer does not overtake the woken waiter, whose place is kept.
     assert acquire(flow, "z", [db]) is not None
     assert acquire(flow, "c", [db]) is None
+
+
+def test_a_woken_waiter_goes_to_the_front_unless_it_waited_for_its_tenants_cap(
+    flow: FlowControl,
+) -> None:
+    keep_alive(flow, "alive")
+    db = Limit("resource", "db", concurrency=1)
+    tenant = Limit("tenant", "default:t", concurrency=1)
+    assert acquire(flow, "a", [db, tenant]) is None
+    waits = [acquire(flow, "b", [db]), acquire(flow, "c", [tenant])]
+    assert [w.limit.kind if w else None for w in waits] == ["resource", "tenant"]
+
+    flow.release(view("a"), [db, tenant])
+
+    woken = {m["step"]: m for m in due_messages(flow)}
+    assert woken["b"]["options"]["headers"] == {FRONT_OF_QUEUE_HEADER: True}
+    assert "options" not in woken["c"]  # published as it came: back in line
 
 
 def test_a_token_bucket_gives_waiters_spaced_due_times_in_arrival_order(

@@ -85,7 +85,16 @@ def test_bad_aging_and_rebalance_settings_are_named(
 def test_the_shipped_topology_documents_the_defaults() -> None:
     shipped = load_topology(Path(__file__).parent.parent / "config" / "topology.yaml")
     assert [shipped.max_wait_s(k) for k in PRIORITY_ORDER] == [None, 120.0, 300.0]
+    assert [shipped.nice(k) for k in PRIORITY_ORDER] == [0, 0, 10]
     assert shipped.rebalance == Rebalance()
+
+
+def test_bulk_pools_yield_the_cpu_by_default_and_nice_can_be_set(tmp_path: Path) -> None:
+    assert [Topology().nice(k) for k in PRIORITY_ORDER] == [0, 0, 10]
+    topology = load_topology(write(tmp_path, "pools:\n  bulk: {nice: 19}\n  default: {nice: 5}\n"))
+    assert [topology.nice(k) for k in PRIORITY_ORDER] == [0, 5, 19]
+    with pytest.raises(TopologyError, match=r"pools\.bulk\.nice"):
+        load_topology(write(tmp_path, "pools: {bulk: {nice: 20}}"))
 
 
 # -- aging ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 
+from config.broker_transport import in_line
 from config.queues import queue_for
 from config.settings import Settings
 from orchestrator import audit
@@ -571,7 +572,9 @@ class StepRuntime:
             due = time.time() + delay
             # The same message again (same task id, same place in its chain or chord),
             # kept in Redis until due rather than as an ETA message a worker holds.
-            again = task.signature_from_request(request, queue=queue_for(attempt.call.pool))
+            again = in_line(
+                task.signature_from_request(request, queue=queue_for(attempt.call.pool))
+            )
             self._record(
                 attempt,
                 StepState.retrying,
@@ -579,7 +582,7 @@ class StepRuntime:
                 delayed=Delayed(
                     f"{attempt.call.workflow_id}/{attempt.call.step_id}/{attempt.call.attempt}",
                     due,
-                    dict(again),
+                    again,
                 ),
             )
             self._release(attempt, FAILURE, wait_again=True)
@@ -671,7 +674,7 @@ class StepRuntime:
 def _again(task: Task, view: StepView) -> dict[str, Any]:
     """This delivery's message once more (same task id, same place in its chain or
     chord), to publish later: a step that must wait keeps it in Redis meanwhile."""
-    return dict(task.signature_from_request(task.request, queue=queue_for(view.pool)))
+    return in_line(task.signature_from_request(task.request, queue=queue_for(view.pool)))
 
 
 def record_lost_attempt(

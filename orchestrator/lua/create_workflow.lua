@@ -1,6 +1,7 @@
 -- Store a new workflow, its steps and its first audit record, all or nothing.
 -- KEYS: 1 workflow hash, 2 defs hash, 3 steps hash, 4 audit list, 5 index zset,
---       6 idempotency key ('' when the spec has none), 7 waiting hash
+--       6 idempotency key ('' when the spec has none), 7 waiting hash, 8 metrics hash
+--       (its steps, all pending, count under their class: see transition.lua)
 -- ARGV: 1 workflow id, 2 workflow fields (JSON object), 3 step defs (JSON object id->def),
 --       4 step records (JSON object id->record), 5 first audit record, 6 its hash,
 --       7 submitted_at, 8 ttl seconds for the idempotency key,
@@ -30,9 +31,12 @@ redis.call('HSET', KEYS[1], 'audit_tail', ARGV[6])
 for id, def in pairs(cjson.decode(ARGV[3])) do
   redis.call('HSET', KEYS[2], id, def)
 end
+local created = 0
 for id, record in pairs(cjson.decode(ARGV[4])) do
   redis.call('HSET', KEYS[3], id, record)
+  created = created + 1
 end
+redis.call('HINCRBY', KEYS[8], cjson.encode({'steps', fields['priority'], 'pending'}), created)
 for id, count in pairs(cjson.decode(ARGV[10])) do
   redis.call('HSET', KEYS[7], id, count)
 end

@@ -13,11 +13,14 @@
 -- Key names travel in ARGV, so this runs on one Redis (not on a cluster).
 -- A member is "<workflow>/<step>". Times are Redis's clock, the same for every host.
 --
--- KEYS: 1 delayed zset, 2 delayed entries hash, 3 active limits hash (base -> limit)
+-- KEYS: 1 delayed zset, 2 delayed entries hash, 3 active limits hash (base -> limit),
+--       4 metrics hash (refusals counted per resource, or per kind for keys and tenants)
 -- ARGV: 1 operation, 2 limits (JSON array), 3 prefix of worker heartbeat keys, then:
 --   acquire  4 member, 5 worker incarnation, 6 lease seconds, 7 place in ordered queues
 --            (submission order; other queues are in order of arrival), 8 message id,
---            9 message JSON
+--            9 message JSON to publish when woken, 10 the same to publish when woken
+--            from a tenant's cap ('' = the same as 9): a tenant's step goes back in
+--            line behind the other tenants' steps, others go to the front
 --            -> {'ok'} or {'wait', n (1-based limit), reason, due ('' = until woken),
 --                first member of that limit's queue, a holder of it}
 --   release  4 member, 5 circuit verdict ('success', 'failure' or ''),
@@ -29,7 +32,7 @@
 --   drop     4 JSON array of [limit number, member]: take those waiters out (their steps
 --            ended without running), then wake                              -> {'ok'}
 --   wake     wake the waiters that can run now; forget limits nobody uses   -> {'ok'}
-local delayed, entries, active = KEYS[1], KEYS[2], KEYS[3]
+local delayed, entries, active, metrics = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op = ARGV[1]
 local limits = cjson.decode(ARGV[2])
 local alive_prefix = ARGV[3]
@@ -278,7 +281,15 @@ if op == 'acquire' then
           unpark(other, member)
         end
       end
-      park(limit, member, score_in(limit), ARGV[8], ARGV[9], due)
+      local message = ARGV[9]
+      if limit.kind == 'tenant' and ARGV[10] ~= '' then
+        message = ARGV[10]
+      end
+      park(limit, member, score_in(limit), ARGV[8], message, due)
+      -- A key's value or a tenant's name would make a metric label per value: count
+      -- those by kind.
+      local label = limit.kind == 'resource' and limit.name or limit.kind
+      redis.call('HINCRBY', metrics, cjson.encode({'deferred', label, reason}), 1)
       local head = redis.call('ZRANGE', key(limit, 'queue'), 0, 0)
       local holder = redis.call('ZRANGE', key(limit, 'holders'), 0, 0)
       return {'wait', i, reason, due and tostring(due) or '', head[1] or '', holder[1] or ''}

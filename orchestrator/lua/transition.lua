@@ -18,9 +18,13 @@
 -- It also keeps, per priority class (the workflow's), the count of outstanding steps
 -- (queued, running or retrying) that admission control reads, and of finished ones. A
 -- parked workflow's steps are not outstanding: parking takes them out of the count.
+-- And the metrics (orchestrator.metrics reads them): steps per class and state, run time
+-- (running -> ended or retrying) and wait (queued -> running) per task and workflow
+-- latency per class as histograms, retries per task, and which steps run since when.
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
 --       6 definitions hash, 7 delayed zset, 8 delayed entries hash, 9 dead letters hash,
---       10 dead letters by time, 11 outstanding counts hash
+--       10 dead letters by time, 11 outstanding counts hash, 12 metrics hash,
+--       13 running steps zset ("<class> <workflow>/<step>" -> started at)
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N,
 --       4 the batch's token, then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
@@ -34,10 +38,95 @@ local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
                   compensated=true, ['dead-lettered']=true}
 local FAILED = {failed=true, ['dead-lettered']=true}
 local OUTSTANDING = {queued=1, running=1, retrying=1}
+local WORKFLOW_FINAL = {succeeded=true, failed=true, cancelled=true, compensated=true}
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local defs, delayed, entries, letters, letters_by_time = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local metrics, running = KEYS[12], KEYS[13]
 local WIDTH, FIRST = 10, 5
 local token = ARGV[4]
+-- Upper bounds of the histograms' buckets, in seconds: keep in step with
+-- orchestrator.metrics.BUCKETS_S (a test compares them).
+local BUCKETS_S = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+                   600, 1800, 3600}
+
+local function count(parts, by)
+  redis.call('HINCRBY', metrics, cjson.encode(parts), by or 1)
+end
+
+-- One observation of a histogram: its bucket (the first bound it fits under; past the
+-- last, bucket #BUCKETS_S + 1 = +Inf), its sum and its count. Buckets are stored one by
+-- one, not cumulatively; the reader adds them up.
+local function observe(name, label, seconds)
+  if seconds == nil or seconds < 0 then
+    return
+  end
+  local bucket = #BUCKETS_S + 1
+  for i, bound in ipairs(BUCKETS_S) do
+    if seconds <= bound then
+      bucket = i
+      break
+    end
+  end
+  count({name, label, bucket})
+  redis.call('HINCRBYFLOAT', metrics, cjson.encode({name .. '_sum', label}), seconds)
+end
+
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- The task of a step: from its audit record if it names it, else from its definition.
+local function task_of(target, audit_json)
+  local ok, rec = pcall(cjson.decode, audit_json)
+  if ok and type(rec) == 'table' and type(rec['task']) == 'string' then
+    return rec['task']
+  end
+  local raw = redis.call('HGET', defs, target)
+  if raw then
+    local def = cjson.decode(raw)
+    if type(def['task']) == 'string' then
+      return def['task']
+    end
+  end
+  return '?'
+end
+
+local function measure_step(class, target, old, new, record, audit_json)
+  if old ~= '' and not TERMINAL[old] then
+    count({'steps', class, old}, -1)
+  end
+  count({'steps', class, new})
+  local member = class .. ' ' .. wf .. ' ' .. target
+  if new == 'running' and old ~= 'running' then
+    redis.call('ZADD', running, tonumber(record['started_at']) or clock(), member)
+    local queued = tonumber(record['queued_at'])
+    local started = tonumber(record['started_at'])
+    if queued and started then
+      observe('wait', task_of(target, audit_json), started - queued)
+    end
+  elseif old == 'running' and new ~= 'running' then
+    redis.call('ZREM', running, member)
+    local started = tonumber(record['started_at'])
+    if started and (TERMINAL[new] or new == 'retrying') then
+      local task = task_of(target, audit_json)
+      observe('run', task, (tonumber(record['finished_at']) or clock()) - started)
+      if new == 'retrying' then
+        count({'retries', task})
+      end
+    end
+  end
+end
+
+local function measure_workflow(class, old, new)
+  if WORKFLOW_FINAL[new] and not WORKFLOW_FINAL[old] then
+    count({'workflows', class, new})
+    local submitted = tonumber(redis.call('HGET', wf, 'submitted_at'))
+    if submitted then
+      observe('latency', class, clock() - submitted)
+    end
+  end
+end
 
 local function reply_with(ready)
   local counts = redis.call('HMGET', wf, 'steps_done', 'steps_total', 'state')
@@ -123,6 +212,9 @@ for i = 0, n - 1 do
     if i == 0 then
       redis.call('HSET', wf, 'change', token)
     end
+    if old ~= new then
+      measure_workflow(class, old, new)
+    end
   else
     local record = loaded[i]
     for name, value in pairs(fields) do
@@ -134,6 +226,9 @@ for i = 0, n - 1 do
       record['ready'] = nil
     end
     redis.call('HSET', steps, target, cjson.encode(record))
+    if old ~= new then
+      measure_step(class, target, old, new, record, ARGV[base + 4])
+    end
     if ARGV[base + 7] ~= '' then
       redis.call('HSET', defs, target, ARGV[base + 7])
     end

@@ -1,0 +1,120 @@
+"""Prometheus metrics, read from what the Lua scripts counted on real workers."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+
+import pytest
+import yaml
+
+from orchestrator import metrics
+from orchestrator.client import Client
+from orchestrator.stack import Stack
+from tests.conftest import REPO, run_cli, wait_until
+from tests.scraping import Samples, scrape, served_names, value
+from tests.tasks import open_gate
+
+pytestmark = pytest.mark.e2e
+
+
+def grew(before: Samples, after: Samples) -> Callable[..., float]:
+    def by(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    return by
+
+
+def test_metrics_follow_steps_retries_dead_letters_and_workflows(client: Client) -> None:
+    before = scrape(client)
+    ok = client.submit(
+        {
+            "name": "metrics-ok",
+            "steps": [
+                {"id": "nap", "task": "treadle.sleep", "args": {"seconds": 0.3}},
+                {
+                    "id": "flaky",
+                    "task": "treadle.fail",
+                    "args": {"times": 1},
+                    "retry": {"max_attempts": 2, "backoff_s": 0.05},
+                    "after": ["nap"],
+                },
+            ],
+        }
+    )
+    bad = client.submit(
+        {"name": "metrics-bad", "steps": [{"id": "no", "task": "tests.always_permanent"}]}
+    )
+    assert client.wait(ok, timeout_s=60)["state"] == "succeeded"
+    assert client.wait(bad, timeout_s=60)["state"] == "failed"
+    after = scrape(client)
+    by = grew(before, after)
+
+    assert by("treadle_steps_finished_total", **{"class": "default", "state": "succeeded"}) == 2
+    assert by("treadle_steps_finished_total", **{"class": "default", "state": "dead-lettered"}) == 1
+    assert by("treadle_workflows_finished_total", **{"class": "default", "state": "succeeded"}) == 1
+    assert by("treadle_workflows_finished_total", **{"class": "default", "state": "failed"}) == 1
+    assert by("treadle_step_retries_total", task="treadle.fail") == 1
+    # Run time: one sleep of 0.3 s, in the bucket up to 0.5 s and not in the one up to 0.25.
+    assert by("treadle_step_run_seconds_count", task="treadle.sleep") == 1
+    assert 0.3 <= by("treadle_step_run_seconds_sum", task="treadle.sleep") < 1.0
+    assert by("treadle_step_run_seconds_bucket", task="treadle.sleep", le="0.25") == 0
+    assert by("treadle_step_run_seconds_bucket", task="treadle.sleep", le="0.5") == 1
+    # Two attempts of the flaky step: two runs, each waited in its queue first.
+    assert by("treadle_step_run_seconds_count", task="treadle.fail") == 2
+    assert by("treadle_step_wait_seconds_count", task="treadle.fail") == 2
+    assert by("treadle_workflow_latency_seconds_count", **{"class": "default"}) == 2
+    dead = len(client.dead_letters)
+    assert value(after, "treadle_dead_letters") == dead
+    for klass in ("critical", "default", "bulk"):
+        assert ("treadle_queue_depth", (("class", klass),)) in after
+    # Nothing of these two is unfinished any more.
+    assert by("treadle_steps", **{"class": "default", "state": "running"}) == 0
+    assert by("treadle_steps", **{"class": "default", "state": "pending"}) == 0
+
+
+def test_the_oldest_running_step_is_seen_while_it_runs(stack: Stack, client: Client) -> None:
+    gate = f"metrics-{uuid.uuid4().hex}"
+    held = client.submit(
+        {
+            "name": "metrics-held",
+            "steps": [{"id": "h", "task": "tests.hold", "args": {"name": gate}}],
+        }
+    )
+
+    def running_for() -> float:
+        return value(scrape(client), "treadle_oldest_running_seconds", **{"class": "default"})
+
+    wait_until(lambda: running_for() > 0.5, 30, "the held step to be seen running")
+    samples = scrape(client)
+    assert value(samples, "treadle_steps", **{"class": "default", "state": "running"}) >= 1
+    open_gate(gate, stack.redis_url)
+    assert client.wait(held, timeout_s=60)["state"] == "succeeded"
+    wait_until(lambda: running_for() == 0, 10, "no step of the class to run any more")
+
+
+def test_treadle_metrics_prints_the_exposition(stack: Stack) -> None:
+    printed = run_cli(stack, "metrics")
+    assert printed.returncode == 0, printed.stderr
+    assert "# TYPE treadle_step_run_seconds histogram" in printed.stdout
+    assert 'treadle_queue_depth{class="critical"}' in printed.stdout
+
+
+def test_the_histogram_buckets_are_the_ones_the_lua_script_fills() -> None:
+    lua = (REPO / "orchestrator" / "lua" / "transition.lua").read_text()
+    found = re.search(r"local BUCKETS_S = \{([^}]*)\}", lua)
+    assert found is not None
+    bounds = tuple(float(b) for b in found.group(1).replace("\n", " ").split(","))
+    assert bounds == tuple(float(b) for b in metrics.BUCKETS_S)
+
+
+def test_the_sample_alert_rules_use_only_metrics_treadle_serves(client: Client) -> None:
+    rules = yaml.safe_load((REPO / "ops" / "prometheus" / "alerts.yml").read_text())
+    served = served_names(client)
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    assert len(exprs) >= 3
+    for expr in exprs:
+        used = set(re.findall(r"\btreadle_[a-z_]+\b", expr))
+        assert used, expr
+        assert used <= served, f"{expr}: {sorted(used - served)} not served"
