@@ -109,3 +109,19 @@ def test_the_image_is_built_from_ops_dockerfile_out_of_the_repository(
             assert (REPO / path).exists(), path
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["treadle"]' in dockerfile
+
+
+def test_the_build_context_has_what_the_dockerfile_copies_and_not_the_virtualenv() -> None:
+    # The file list the docker SDK sends for a build (the tests marked docker build the
+    # image through it), from .dockerignore.
+    from docker.utils.build import exclude_paths
+
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    ignored = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    context = exclude_paths(str(REPO), ignored, dockerfile="ops/Dockerfile")
+    dockerfile = (REPO / "ops" / "Dockerfile").read_text()
+    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.MULTILINE):
+        for path in source.split():
+            assert any(f == path or f.startswith(f"{path}/") for f in context), path
+    assert "ops/Dockerfile" in context
+    assert not [f for f in context if f.startswith((".venv/", ".treadle/")) or "__pycache__" in f]

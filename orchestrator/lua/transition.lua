@@ -24,7 +24,7 @@
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
 --       6 definitions hash, 7 delayed zset, 8 delayed entries hash, 9 dead letters hash,
 --       10 dead letters by time, 11 outstanding counts hash, 12 metrics hash,
---       13 running steps zset ("<class> <workflow>/<step>" -> started at)
+--       13 running steps zset ("<class> <workflow key> <step>" -> when its attempt started)
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N,
 --       4 the batch's token, then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
@@ -92,25 +92,29 @@ local function task_of(target, audit_json)
   return '?'
 end
 
-local function measure_step(class, target, old, new, record, audit_json)
-  if old ~= '' and not TERMINAL[old] then
-    count({'steps', class, old}, -1)
+-- ``started`` is the start of a new attempt (its record's started_at), else nil.
+local function measure_step(class, target, old, new, record, started, audit_json)
+  if old ~= new then
+    if old ~= '' and not TERMINAL[old] then
+      count({'steps', class, old}, -1)
+    end
+    count({'steps', class, new})
   end
-  count({'steps', class, new})
   local member = class .. ' ' .. wf .. ' ' .. target
-  if new == 'running' and old ~= 'running' then
-    redis.call('ZADD', running, tonumber(record['started_at']) or clock(), member)
+  if new == 'running' and started then
+    -- A new attempt (also one after a lost attempt: running -> running) runs from now.
+    redis.call('ZADD', running, started, member)
     local queued = tonumber(record['queued_at'])
-    local started = tonumber(record['started_at'])
-    if queued and started then
+    if queued and (old == 'queued' or old == 'pending') then
+      -- From queued (its dependencies done) to started; a retry's wait is its backoff.
       observe('wait', task_of(target, audit_json), started - queued)
     end
   elseif old == 'running' and new ~= 'running' then
     redis.call('ZREM', running, member)
-    local started = tonumber(record['started_at'])
-    if started and (TERMINAL[new] or new == 'retrying') then
+    local began = tonumber(record['started_at'])
+    if began and (TERMINAL[new] or new == 'retrying') then
       local task = task_of(target, audit_json)
-      observe('run', task, (tonumber(record['finished_at']) or clock()) - started)
+      observe('run', task, (tonumber(record['finished_at']) or clock()) - began)
       if new == 'retrying' then
         count({'retries', task})
       end
@@ -226,9 +230,7 @@ for i = 0, n - 1 do
       record['ready'] = nil
     end
     redis.call('HSET', steps, target, cjson.encode(record))
-    if old ~= new then
-      measure_step(class, target, old, new, record, ARGV[base + 4])
-    end
+    measure_step(class, target, old, new, record, tonumber(fields['started_at']), ARGV[base + 4])
     if ARGV[base + 7] ~= '' then
       redis.call('HSET', defs, target, ARGV[base + 7])
     end
