@@ -264,6 +264,8 @@ def follow(
             for status in statuses:
                 progress.update(
                     bars[status["id"]],
+                    # A fan-out adds its items as steps while it runs.
+                    total=status["steps_total"],
                     completed=status["steps_done"],
                     state=_state(status["state"]),
                 )
