@@ -38,6 +38,14 @@ def test_ratios_are_taken_pair_by_pair_then_summarised() -> None:
     assert result.treadle.median / result.baseline.median != pytest.approx(result.ratio.median)
 
 
+def test_a_runs_details_never_shadow_its_values() -> None:
+    pair = Pair(2.0, 1.0, {"treadle": {"commands_per_step": 30}})
+    row = Report.of([BY_NAME["chain"]], {"chain": [pair]}, {}).to_json()["scenarios"]["chain"]
+    assert row["runs"] == [
+        {"treadle": 2.0, "baseline": 1.0, "ratio": 2.0, "details": dict(pair.details)}
+    ]
+
+
 def test_goals_in_other_units_become_ratio_bounds() -> None:
     # Celery's 19 commands per step + 4 allowed
     assert commands_at_most_plus(4).ratio_bound(30.0, 19.0) == pytest.approx(23 / 19)
@@ -89,7 +97,8 @@ def test_bench_at_tiny_sizes_writes_every_scenario_and_the_plot(tmp_path: Path) 
     assert scenarios["dramatiq"]["unit"] == "no-ops per s"  # throughput: treadle ÷ Dramatiq
     makespan = scenarios["makespan"]
     assert makespan["treadle"] >= makespan["baseline"]  # nothing beats the critical path
-    assert scenarios["redis_cmds"]["runs"][0]["mix"]["treadle"]["client_commands_per_step"] > 0
+    mix = scenarios["redis_cmds"]["runs"][0]["details"]["mix"]
+    assert mix["treadle"]["client_commands_per_step"] > 0
 
     # And the table was printed, and the plot written
     assert "ratio = treadle / baseline" in result.stdout

@@ -77,7 +77,12 @@ class Result:
             "treadle_is": s.treadle_is,
             "baseline_is": s.baseline_is,
             "runs": [
-                {"treadle": p.treadle, "baseline": p.baseline, "ratio": p.ratio, **p.details}
+                {
+                    "treadle": p.treadle,
+                    "baseline": p.baseline,
+                    "ratio": p.ratio,
+                    "details": dict(p.details),
+                }
                 for p in self.pairs
             ],
         }

@@ -29,8 +29,8 @@ def run(rnd: Round) -> Pair:
     runs = parallel.measure(rnd)
     details: dict[str, Any] = {
         "steps": runs.steps,
-        "treadle": _summary(runs.treadle.usage),
-        "baseline": _summary(runs.baseline.usage),
+        "treadle_usage": _summary(runs.treadle.usage),
+        "baseline_usage": _summary(runs.baseline.usage),
         "idle_commands_per_s": rnd.idle.commands,
     }
     if rnd.index == 0:
