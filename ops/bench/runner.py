@@ -56,6 +56,7 @@ def run_bench(options: Options) -> Report:
     scenarios = select(options.only)
     say = options.progress
     began = time.monotonic()
+    commit = _commit()  # now: the checkout may change while the bench runs
     pairs: dict[str, list[Pair]] = {s.name: [] for s in scenarios}
     say(f"starting Redis, treadle, Celery{' and Dramatiq' if 'dramatiq' in pairs else ''} ...")
     with started(options.sizes, with_dramatiq="dramatiq" in pairs, home=options.home) as env:
@@ -73,7 +74,7 @@ def run_bench(options: Options) -> Report:
                     f"{pair.treadle:.4g} baseline {pair.baseline:.4g} ratio {pair.ratio:.3f} "
                     f"({time.monotonic() - at:.0f} s)"
                 )
-        meta = describe(env, options, time.monotonic() - began)
+        meta = describe(env, options, commit, time.monotonic() - began)
     return Report.of(scenarios, pairs, meta)
 
 
@@ -89,11 +90,13 @@ def warm_up(env: Environment) -> None:
     celery_side.forget(env.treadle_redis)
 
 
-def describe(env: Environment, options: Options, elapsed_s: float) -> dict[str, Any]:
+def describe(
+    env: Environment, options: Options, commit: str | None, elapsed_s: float
+) -> dict[str, Any]:
     server = env.treadle_redis.info("server")
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": _commit(),
+        "commit": commit,
         "runs": options.runs,
         "elapsed_s": round(elapsed_s, 1),
         "sizes": asdict(options.sizes),
