@@ -542,15 +542,26 @@ def bench(
 ) -> None:
     """treadle side by side with raw Celery and Dramatiq, on one private Redis."""
     _use_checkout()
-    from ops.bench.runner import DEFAULT_RUNS, QUICK_RUNS, Options, UnknownScenario, run_bench
+    from ops.bench.runner import (
+        DEFAULT_RUNS,
+        QUICK_RUNS,
+        Options,
+        UnknownScenario,
+        missing_packages,
+        run_bench,
+    )
     from ops.bench.runner import select as select_scenarios
     from ops.bench.sizes import FULL, TINY
 
     names = tuple(n.strip() for n in (only or "").split(",") if n.strip())
     try:
-        select_scenarios(names)
+        missing = missing_packages(select_scenarios(names), plot=plot_path is not None)
     except UnknownScenario as exc:
         raise InvalidInput(f"--only: {exc}") from exc
+    if missing:
+        raise InvalidInput(
+            f"treadle bench needs {', '.join(missing)}: pip install -e '.[bench]' (make bench does)"
+        )
     options = Options(
         runs=runs or (QUICK_RUNS if quick else DEFAULT_RUNS),
         only=names,

@@ -6,6 +6,7 @@ treadle bench [--quick] [--json PATH] [--plot PATH] [--runs N] [--only NAME,...]
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import platform
 import subprocess
@@ -50,6 +51,14 @@ def select(only: Sequence[str]) -> list[Scenario]:
             f"unknown scenario {', '.join(map(repr, unknown))}; choose from {', '.join(BY_NAME)}"
         )
     return [s for s in ALL if not only or s.name in only]
+
+
+def missing_packages(scenarios: Sequence[Scenario], plot: bool) -> list[str]:
+    """The ``bench`` extra's packages this run needs and cannot import."""
+    needed = ["psutil"] if any(s.name == "soak_rss" for s in scenarios) else []
+    needed += ["dramatiq"] if any(s.name == "dramatiq" for s in scenarios) else []
+    needed += ["matplotlib"] if plot else []
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
 def run_bench(options: Options) -> Report:
