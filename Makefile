@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean install bench-makespan bench-flow bench-flood chaos
+.PHONY: demo test lint typecheck check clean install bench bench-makespan bench-flow bench-flood chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,test]'
+	$(BIN)/pip install --quiet -e '.[embedded,test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +28,11 @@ lint: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python ops/chaos/run.py --kill-every 2 --redis-crash-every 5
+
+# Side by side with raw Celery and Dramatiq; BENCH_ARGS=--quick for one run of each.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/treadle bench --json .treadle/bench/bench.json --plot .treadle/bench/bench.png $(BENCH_ARGS)
 
 bench-makespan: $(STAMP)
 	$(BIN)/python ops/bench/makespan.py

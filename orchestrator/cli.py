@@ -550,6 +550,85 @@ def demo(timeout_s: float) -> None:
         raise WorkflowFailed("some sample workflows did not succeed")
 
 
+def _use_checkout() -> None:
+    """Make ``ops.bench`` importable: it lives in the source checkout, beside the packages
+    treadle installs, not inside them."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "ops" / "bench" / "runner.py").is_file():
+        raise InvalidInput(
+            f"treadle bench runs from a source checkout; there is no ops/bench/ in {root}"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="One run of every scenario, at the same sizes.")
+@click.option(
+    "--runs", type=click.IntRange(1), help="Runs of each scenario (default 3; --quick 1)."
+)
+@click.option("--only", metavar="NAME,...", help="Only these scenarios (comma separated).")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the results here as JSON.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a PNG of the ratios and goals here.",
+)
+@click.option("--tiny", is_flag=True, hidden=True, help="Tiny sizes: for the test suite.")
+def bench(
+    quick: bool,
+    runs: int | None,
+    only: str | None,
+    json_path: Path | None,
+    plot_path: Path | None,
+    tiny: bool,
+) -> None:
+    """treadle side by side with raw Celery and Dramatiq, on one private Redis."""
+    _use_checkout()
+    from ops.bench.runner import (
+        DEFAULT_RUNS,
+        QUICK_RUNS,
+        Options,
+        UnknownScenario,
+        missing_packages,
+        run_bench,
+    )
+    from ops.bench.runner import select as select_scenarios
+    from ops.bench.sizes import FULL, TINY
+
+    names = tuple(n.strip() for n in (only or "").split(",") if n.strip())
+    try:
+        missing = missing_packages(select_scenarios(names), plot=plot_path is not None)
+    except UnknownScenario as exc:
+        raise InvalidInput(f"--only: {exc}") from exc
+    if missing:
+        raise InvalidInput(
+            f"treadle bench needs {', '.join(missing)}: pip install -e '.[bench]' (make bench does)"
+        )
+    options = Options(
+        runs=runs or (QUICK_RUNS if quick else DEFAULT_RUNS),
+        only=names,
+        sizes=TINY if tiny else FULL,
+        progress=lambda line: out.print(line, highlight=False, markup=False),
+    )
+    report = run_bench(options)
+    click.echo(report.table())
+    if json_path is not None:
+        report.write_json(json_path)
+        out.print(f"wrote {json_path}", highlight=False, markup=False)
+    if plot_path is not None:
+        from ops.bench.plot import write_png
+
+        write_png(report, plot_path)
+        out.print(f"wrote {plot_path}", highlight=False, markup=False)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point for tests: run the CLI in-process, return its exit code."""
     try:

@@ -43,10 +43,13 @@ def durations_for(after: dict[str, list[str]], rng: random.Random) -> dict[str, 
     return {sid: round(rng.uniform(0.15, 0.45), 3) for sid in after}
 
 
-def measure(client: Client, name: str, after: dict[str, list[str]], seed: int) -> dict[str, Any]:
+def measure(
+    client: Client, name: str, after: dict[str, list[str]], seed: int, priority: str = "default"
+) -> dict[str, Any]:
     lengths = durations_for(after, random.Random(seed))
     spec = {
         "name": name,
+        "priority": priority,
         "steps": [
             {"id": s, "task": "treadle.sleep", "args": {"seconds": lengths[s]}, "after": deps}
             for s, deps in after.items()
