@@ -21,6 +21,7 @@ from hypothesis.errors import Unsatisfiable
 from pydantic import SecretStr
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.errors import InvalidSchema
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -40,6 +41,8 @@ TOKEN = "fuzzing-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Per operation: schema-valid requests, and requests that break the schema on purpose.
 EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
+# Fresh draws of an operation's invalid requests when schemathesis cannot build some.
+NEGATIVE_DRAWS = 3
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -83,8 +86,19 @@ def test_the_api_answers_as_documented_and_never_with_a_server_error(served: str
         def answers_as_documented(case: Case[Any]) -> None:
             case.call_and_validate(base_url=served, headers=AUTH, checks=CHECKS)
 
-        try:
-            answers_as_documented()
-        except Unsatisfiable:
-            if mode is GenerationMode.POSITIVE:
-                raise  # else: it takes nothing that could be made invalid (/healthz)
+        for draw in range(NEGATIVE_DRAWS):
+            try:
+                answers_as_documented()
+            except Unsatisfiable:
+                if mode is GenerationMode.POSITIVE:
+                    raise  # else: it takes nothing that could be made invalid (/healthz)
+            except InvalidSchema as exc:
+                exc.add_note(f"while drawing {mode.value} requests for {operation.label}")
+                # Negative mode mutates the schema, and schemathesis cannot draw from some
+                # of its own mutations ("Cannot generate an array with 1 demanded
+                # elements", seen once): its limit, not the API's. Our own
+                # document must always generate, so valid requests never get here.
+                if mode is GenerationMode.POSITIVE or draw == NEGATIVE_DRAWS - 1:
+                    raise
+                continue
+            break
