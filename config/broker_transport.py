@@ -18,10 +18,16 @@ goes to the consuming end (kombu LPUSHes and workers BRPOP from the right). trea
 it for a step that waited for a shared limit and has just been woken: it was at the front
 of its queue when it was refused, and behind a flood of fresh messages its token or
 permit would go unused (a refilled bucket overflows while it waits in line).
+
+And it keeps the binding table of treadle's exchange for a moment: kombu reads it from
+Redis (SMEMBERS) before every publish to a named exchange, a round trip per message.
+treadle's queues and their bindings are declared at start and never change (remote
+control's reply exchange, whose bindings come and go with its callers, is read as usual).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,9 +35,11 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
+from config.queues import EXCHANGE_NAME
 from config.sentinel_connection import PrimaryConnection
 
 FRONT_OF_QUEUE_HEADER = "treadle_front"
+BINDINGS_KEPT_S = 10.0
 
 
 def to_front(signature: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,6 +63,25 @@ class _TreadleChannel:
     """Mixed in before kombu's Redis or Sentinel channel."""
 
     connection: Any
+    _bindings: dict[str, tuple[float, Any]]
+
+    def get_table(self, exchange: str) -> Any:
+        if exchange != EXCHANGE_NAME:
+            return super().get_table(exchange)  # type: ignore[misc]
+        kept = getattr(self, "_bindings", None)
+        if kept is None:
+            kept = self._bindings = {}
+        now = time.monotonic()
+        hit = kept.get(exchange)
+        if hit is not None and now - hit[0] < BINDINGS_KEPT_S:
+            return hit[1]
+        table = super().get_table(exchange)  # type: ignore[misc]
+        kept[exchange] = (now, table)
+        return table
+
+    def _queue_bind(self, exchange: str, *args: Any, **kwargs: Any) -> Any:
+        getattr(self, "_bindings", {}).pop(exchange, None)
+        return super()._queue_bind(exchange, *args, **kwargs)  # type: ignore[misc]
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:

@@ -58,8 +58,10 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         "task_create_missing_queues": False,
         "task_track_started": False,
         "result_extended": True,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Flower turns task events on in the workers it watches (its enable_events); no
+        # "task-sent" event: treadle records when each step was queued in its own store.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": False,
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
         "broker_connection_retry_on_startup": True,
         # Through a Redis restart or failover: workers reconnect for as long as it takes,

@@ -9,7 +9,8 @@ from config.topology import PRIORITY_ORDER, PriorityClass
 ORCHESTRATOR_QUEUE = "orchestrator"
 DEAD_LETTER_QUEUE = "dead_letter"
 
-_EXCHANGE = Exchange("treadle", type="direct", durable=True)
+EXCHANGE_NAME = "treadle"
+_EXCHANGE = Exchange(EXCHANGE_NAME, type="direct", durable=True)
 
 
 def queue_for(klass: PriorityClass | str) -> str:

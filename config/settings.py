@@ -108,6 +108,19 @@ class Settings(BaseSettings):
     )
 
     worker_max_tasks_per_child: int = Field(default=10_000, ge=0)
+    inline_chain_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a worker may go on running a chain's next steps itself, in "
+        "line, before it publishes the rest (workers/inline.py); 0: every link through the "
+        "broker.",
+    )
+    task_events: bool = Field(
+        default=False,
+        description="Workers send Celery's task events from the start. Off, they send them "
+        "only once a monitor asks (Flower does, `treadle up` starts it): three PUBLISH round "
+        "trips per step that nothing reads otherwise.",
+    )
     flower_port: int = Field(default=5555, ge=0, le=65535)
     flower_basic_auth: SecretStr | None = Field(
         default=None, description="user:password for Flower; `treadle up` makes one if unset."

@@ -370,7 +370,7 @@ def worker(pool: str, concurrency: int | None, index: int) -> None:
             "prefork",
             "--without-gossip",
             "--without-mingle",
-            "--task-events",
+            *(["--task-events"] if settings.task_events else []),
             "--loglevel",
             "INFO",
         ]

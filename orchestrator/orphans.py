@@ -153,6 +153,14 @@ def _reissue(
             _reissue(app, store, workflow_id, items, done, keep_going=True)
             continue
         if ticket is None:
+            carrier = (store.step_records_of(workflow_id, [step_id]).get(step_id) or {}).get(
+                "inline_of"
+            )
+            if carrier and not keep_going:
+                # Run in line (workers.inline): it had no message of its own; the step whose
+                # message carried it goes on from where it ended.
+                _reissue(app, store, workflow_id, [carrier], done, keep_going=True)
+                continue
             log.error(
                 "workflow %s step %s lost its message and none was kept", workflow_id, step_id
             )

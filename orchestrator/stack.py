@@ -192,6 +192,10 @@ class Stack:
         env["TREADLE_TASK_MODULES"] = self.settings.task_modules
         if self.flower_auth:
             env["TREADLE_FLOWER_BASIC_AUTH"] = self.flower_auth
+        if self.flower_port is not None:
+            # Flower watches: workers send task events from their first step, not from
+            # when Flower's periodic enable_events reaches them.
+            env.setdefault("TREADLE_TASK_EVENTS", "1")
         if self.api_token:
             env["TREADLE_API_TOKEN"] = self.api_token
         env.setdefault("PYTHONUNBUFFERED", "1")

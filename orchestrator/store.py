@@ -77,6 +77,7 @@ class Applied:
     steps_total: int
     workflow_state: str
     ready: tuple[str, ...] = ()  # counter steps whose last dependency this change ended
+    tail: str = ""  # the audit tail after this change's records
 
     @property
     def complete(self) -> bool:
@@ -302,6 +303,7 @@ class StateStore:
                     int(reply[2] or 0),
                     text(reply[3]),
                     tuple(text(r) for r in reply[4:]),
+                    tail=prev,
                 )
             if status == "stale":
                 tail = text(reply[1])
@@ -518,6 +520,14 @@ class StateStore:
 
     def keep_ticket(self, workflow_id: str, step_id: str, ticket_json: str) -> None:
         self._guard(lambda: self.redis.hset(self.keys.tickets(workflow_id), step_id, ticket_json))
+
+    def keep_tickets(self, tickets: Mapping[str, Mapping[str, str]]) -> None:
+        """Tickets of several steps (by workflow id, then step id) in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for workflow_id, by_step in tickets.items():
+                mapping: dict[Any, Any] = dict(by_step)
+                pipe.hset(self.keys.tickets(workflow_id), mapping=mapping)
+            self.execute(pipe)
 
     def tickets_of(self, workflow_id: str, step_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The kept messages of these steps (see ``orchestrator.tickets``)."""

@@ -8,7 +8,9 @@ publishes, and recovery (``orchestrator.orphans``) can publish exactly that mess
 same task id, same chain, same chord. A second copy is harmless (a step runs once).
 
 Copies are taken in Celery's ``before_task_publish`` signal: by the worker for the links
-it publishes, and inside ``capture()`` by whoever dispatches a workflow.
+it publishes, and inside ``capture()`` by whoever dispatches a workflow. ``capture()``
+collects them and writes them in one round trip when its block ends, before the messages
+of a publish batch (``orchestrator.dispatch.publishing``) leave.
 """
 
 from __future__ import annotations
@@ -88,14 +90,18 @@ def use_by_default(store: Callable[[], StateStore]) -> None:
 
 @contextlib.contextmanager
 def capture(store: StateStore) -> Iterator[None]:
-    """Keep tickets of the step messages published in this block (dispatching)."""
+    """Keep tickets of the step messages published in this block (dispatching), written
+    together when it ends without an error."""
     _connect()
-    previous = getattr(_local, "store", None)
-    _local.store = store
+    previous = getattr(_local, "capture", None)
+    kept: dict[str, dict[str, str]] = {}
+    _local.capture = (store, kept)
     try:
         yield
+        if kept:
+            store.keep_tickets(kept)
     finally:
-        _local.store = previous
+        _local.capture = previous
 
 
 def reissue(app: Celery, ticket: Mapping[str, Any], keep_going: bool = False) -> None:
@@ -134,11 +140,14 @@ def _keep(
     properties: Mapping[str, Any] | None = None,
     **_: Any,
 ) -> None:
-    store = getattr(_local, "store", None)
+    step = key_of(body)
+    if step is None or not headers or headers.get(KEEP_GOING_HEADER):
+        return
+    captured = getattr(_local, "capture", None)
+    store = captured[0] if captured is not None else None
     if store is None and _default_store is not None:
         store = _default_store()
-    step = key_of(body)
-    if store is None or step is None or not headers or headers.get(KEEP_GOING_HEADER):
+    if store is None:
         return
     ticket = {
         "headers": dict(headers),
@@ -147,6 +156,9 @@ def _keep(
         "exchange": getattr(exchange, "name", exchange) or "",
         "routing_key": routing_key or "",
     }
+    if captured is not None:
+        captured[1].setdefault(step[0], {})[step[1]] = json.dumps(ticket)
+        return
     try:
         store.keep_ticket(step[0], step[1], json.dumps(ticket))
     except Exception:  # publishing goes on; only a later loss would go unrepaired

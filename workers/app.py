@@ -60,6 +60,7 @@ class _PerProcess:
                 # As often as heartbeats are sent: a lost attempt is seen within that.
                 recheck_s=self.settings.worker_lost_after_s / 3,
                 flow=FlowControl(store, load_topology(self.settings.topology)),
+                inline_chain_s=self.settings.inline_chain_s,
             )
             self._pid = os.getpid()
         return self._runtime
@@ -77,7 +78,9 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
     for definition in registry:
         _register(app, definition.name, holder, request_class)
 
-    @app.task(name=JOIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(
+        name=JOIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+    )
     def join(self: Task, workflow_id: str, parent: str, count: int) -> dict[str, Any]:
         return holder.runtime.join(self, workflow_id, parent, count)
 
@@ -140,6 +143,10 @@ def _register(app: Celery, name: str, holder: _PerProcess, request_class: type) 
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,
+        # Step results live in the state store; Celery's copy (a GET, a SET and a PUBLISH
+        # per step) is read by nothing. Chords still count: Celery's Redis chord keeps the
+        # header results in its own list (Backend.mark_as_done -> on_chord_part_return).
+        ignore_result=True,
         typing=False,
         Request=request_class,
     )(run)

@@ -2,8 +2,9 @@
 
 claim (record ``running``) -> call the function with params, args and the results of its
 dependencies -> record the outcome (``succeeded``, ``retrying`` or ``failed``) -> finish
-the workflow when its last step ends. Every record is written through the state store,
-so a duplicate or stale message can never run a step twice or undo a final state.
+the workflow when its last step ends -> run the next steps of its chain in line when
+they can be (``workers.inline``). Every record is written through the state store, so a
+duplicate or stale message can never run a step twice or undo a final state.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from orchestrator.states import (
 )
 from orchestrator.store import Applied, Change, Conflict, Delayed, StateStore, StepView
 from orchestrator.tickets import KEEP_GOING_HEADER
+from workers import inline
 from workers.context import StepContext
 from workers.fan_out import fan_out, join
 from workers.gates import skip_reason
@@ -54,6 +56,7 @@ log = logging.getLogger("treadle.runtime")
 
 _CLAIM_ATTEMPTS = 8
 _GOES_ON = (StepState.succeeded, StepState.skipped)  # a chain continues after these
+_GOES_ON_VALUES = frozenset(s.value for s in _GOES_ON)
 _ERROR_CHARS = 2000
 
 
@@ -69,6 +72,7 @@ class _Attempt:
     refusal: str | None = None  # the step cannot run (a broken condition): fail it
     limits: list[Limit] = field(default_factory=list)  # taken for this attempt
     released: bool = False
+    tail: str | None = None  # the audit tail after its last record (a guess for the next)
 
 
 class _AlreadyEnded(Exception):
@@ -95,6 +99,7 @@ class StepRuntime:
         incarnation: str = "",
         recheck_s: float = 5.0,
         flow: FlowControl | None = None,
+        inline_chain_s: float = 0.0,
     ):
         self.store = store
         self.registry = registry
@@ -102,11 +107,55 @@ class StepRuntime:
         self.incarnation = incarnation  # whose heartbeat says this worker still lives
         self.recheck_s = recheck_s  # how soon a copy of a running step looks again
         self.flow = flow  # shared limits (resources, concurrency keys, tenant caps)
+        self.inline_chain_s = inline_chain_s  # how long a delivery may run its chain in line
 
     def execute(self, task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
-        """Run one step for the Celery task ``task``; what Celery stores as its result."""
+        """Run one step for the Celery task ``task``, then the next steps of its chain that
+        can run in line; returns what Celery stores as its result."""
+        began = time.monotonic()
+        outcome = self._execute_one(task, workflow_id, step_id)
+        if self.inline_chain_s > 0 and outcome["state"] in _GOES_ON_VALUES:
+            self._run_in_line(task, workflow_id, began)
+        return outcome
+
+    def _run_in_line(self, task: Task, workflow_id: str, began: float) -> None:
+        """Claim and run the chain's next steps here (see ``workers.inline``), taking each
+        off the chain Celery publishes the rest of when this task returns."""
+        carrier = task.request
+        chain = carrier.chain
+        while True:
+            elapsed = time.monotonic() - began
+            step_id = inline.next_in_line(carrier, workflow_id, elapsed, self.inline_chain_s)
+            if step_id is None:
+                return
+            link = chain[-1]
+            next_task = task.app.tasks.get(link["task"])
+            if next_task is None or self.registry.get(link["task"]) is None:
+                return
+            chain.pop()
+            next_task.request_stack.push(inline.request_of(link, list(chain), carrier))
+            try:
+                outcome = self._execute_one(next_task, workflow_id, step_id, carrier=carrier)
+            except (Ignore, Retry, StepFailed):
+                # The step took the rest of its chain with it (a retry, a wait for a limit,
+                # a fan-out) or ended the chain (a failure): nothing goes on from here.
+                chain.clear()
+                return
+            except BaseException:
+                chain.clear()
+                raise
+            finally:
+                next_task.request_stack.pop()
+            if outcome["state"] not in _GOES_ON_VALUES:
+                chain.clear()
+                return
+
+    def _execute_one(
+        self, task: Task, workflow_id: str, step_id: str, carrier: Any = None
+    ) -> dict[str, Any]:
+        """One step; ``carrier`` is the request of the delivery running it in line."""
         try:
-            attempt = self._claim(task, workflow_id, step_id)
+            attempt = self._claim(task, workflow_id, step_id, carrier)
         except _AlreadyEnded as ended:
             return {"workflow_id": workflow_id, "step_id": step_id, "state": ended.state.value}
         except _Skipped as skipped:
@@ -188,7 +237,7 @@ class StepRuntime:
 
     # -- claiming ----------------------------------------------------------------------
 
-    def _claim(self, task: Task, workflow_id: str, step_id: str) -> _Attempt:
+    def _claim(self, task: Task, workflow_id: str, step_id: str, carrier: Any = None) -> _Attempt:
         for _ in range(_CLAIM_ATTEMPTS):
             view = self.store.load_step(workflow_id, step_id)
             state = StepState(view.record["state"])
@@ -215,9 +264,9 @@ class StepRuntime:
                 limits, refusal = self._take_limits(task, view, state)
             worker = task.request.hostname or ""
             try:
-                self.store.apply(
+                applied = self.store.apply(
                     workflow_id,
-                    [self._start(task, view, state, attempt_no, worker)],
+                    [self._start(task, view, state, attempt_no, worker, carrier)],
                     tail=view.audit_tail,
                 )
             except Conflict:
@@ -232,7 +281,7 @@ class StepRuntime:
                 pool=view.pool,
                 worker=worker,
             )
-            return _Attempt(view, definition, call, refusal, limits)
+            return _Attempt(view, definition, call, refusal, limits, tail=applied.tail)
         raise Ignore()
 
     def _park(self, task: Task, view: StepView) -> bool:
@@ -252,7 +301,9 @@ class StepRuntime:
     def _refuse_unrunnable(self, task: Task, view: StepView, state: StepState) -> None:
         """Raise (Ignore, or _AlreadyEnded) if this message must not run the step."""
         if state in STEP_FINAL:
-            if state in _GOES_ON and getattr(task.request, KEEP_GOING_HEADER, False):
+            if state in _GOES_ON and (
+                getattr(task.request, KEEP_GOING_HEADER, False) or self._chain_stalled(task, view)
+            ):
                 raise _AlreadyEnded(state)
             # Already decided (a duplicate, or stopped by cancel or policy): acknowledge
             # without running and without continuing the chain.
@@ -264,8 +315,38 @@ class StepRuntime:
             self._stop_unstarted(view)
             raise Ignore()
 
+    def _chain_stalled(self, task: Task, view: StepView) -> bool:
+        """Whether the chain after this ended step stopped for good: its first step not yet
+        ended was never started (the next link was lost before it was published) or its
+        attempt was lost (run in line by a worker that died). A copy of this message then
+        carries the chain on; otherwise it is a duplicate, to be dropped."""
+        ids: list[str] = []
+        for link in inline.links_in_order(task.request):
+            step_id = inline.step_of_link(link, view.workflow_id)
+            if step_id is None:
+                break
+            ids.append(step_id)
+        if not ids:
+            return False
+        records = self.store.step_records_of(view.workflow_id, ids)
+        for step_id in ids:
+            record = records.get(step_id) or {}
+            state = record.get("state")
+            if state in _GOES_ON_VALUES:
+                continue
+            if state == StepState.pending.value:
+                return True
+            return state == StepState.running.value and self._lost(record, None)
+        return False
+
     def _start(
-        self, task: Task, view: StepView, state: StepState, attempt_no: int, worker: str
+        self,
+        task: Task,
+        view: StepView,
+        state: StepState,
+        attempt_no: int,
+        worker: str,
+        carrier: Any = None,
     ) -> Change:
         """The transition that starts attempt ``attempt_no`` on this worker."""
         input_sha = audit.sha256_of(
@@ -297,6 +378,12 @@ class StepRuntime:
         }
         if state == StepState.running:
             record["note"] = "previous attempt lost"
+        if carrier is not None:
+            # Run in line: no message of its own; the one that carried it is unacked.
+            fields["inline_of"] = record["inline_of"] = str(carrier.args[1])
+            fields["inline_task_id"] = str(carrier.id)
+        elif view.record.get("inline_of"):
+            fields["inline_of"] = fields["inline_task_id"] = None
         return Change(view.step_id, state.value, StepState.running.value, fields, record)
 
     # -- limits --------------------------------------------------------------------------
@@ -367,15 +454,18 @@ class StepRuntime:
 
     def _attempt_lost(self, view: StepView) -> bool:
         """Whether the recorded attempt of a running step will never end by itself."""
-        record = view.record
+        return self._lost(view.record, float(view.definition.get("timeout_s") or 0))
+
+    def _lost(self, record: dict[str, Any], timeout_s: float | None) -> bool:
         attempts = int(record.get("attempts", 0))
         if int(record.get("lost_attempt", 0)) >= attempts:
             return True  # its process died (see mark_lost)
         if not self.store.worker_alive(record.get("incarnation") or ""):
             return True  # its whole worker died
+        if not timeout_s:
+            return False
         # A last resort if the loss went unrecorded: past its hard time limit, the attempt
         # has been killed for sure.
-        timeout_s = float(view.definition.get("timeout_s") or 0)
         started = float(record.get("started_at") or 0)
         deadline = started + Settings.hard_limit_s(timeout_s) + self.recheck_s
         return bool(timeout_s) and time.time() > deadline
@@ -408,6 +498,13 @@ class StepRuntime:
         lost = record_lost_attempt(
             self.store, workflow_id, step_id, error, incarnation=self.incarnation, task_id=task_id
         )
+        if not lost:
+            carried = self._carried_by(workflow_id, task_id)
+            if carried is not None:
+                step_id = carried
+                lost = record_lost_attempt(
+                    self.store, workflow_id, step_id, error, incarnation=self.incarnation
+                )
         if lost and self.flow is not None:
             view = self.store.load_step(workflow_id, step_id)
             self.flow.release(view, self.flow.held_by(view))
@@ -523,7 +620,9 @@ class StepRuntime:
             delayed=delayed,
             dead_letter=dead_letter,
         )
-        return self.store.apply(call.workflow_id, [change, *extra], tail=None)
+        applied = self.store.apply(call.workflow_id, [change, *extra], tail=attempt.tail)
+        attempt.tail = applied.tail
+        return applied
 
     def fail_killed(
         self, task: Task, request: Any, workflow_id: str, step_id: str, error: str
@@ -531,6 +630,12 @@ class StepRuntime:
         """An attempt whose process was killed (hard time limit): record it as failed and
         retry or dead-letter the step. Runs in the worker's main process."""
         view = self.store.load_step(workflow_id, step_id)
+        if view.record.get("state") != StepState.running.value:
+            # It ended; the step its delivery ran in line after it may be the one killed.
+            found = self._in_line_request(task.app, workflow_id, request)
+            if found is None:
+                return
+            task, request, view = found
         definition = self.registry.get(task.name)
         if view.record.get("state") != StepState.running.value or definition is None:
             return
@@ -553,6 +658,33 @@ class StepRuntime:
                 time.time() - started,
                 request=request,
             )
+
+    def _carried_by(self, workflow_id: str, task_id: str) -> str | None:
+        """The step running in line under the delivery ``task_id``, if any (a rare look,
+        after a loss: it reads every step record of the workflow)."""
+        for step_id, record in self.store.step_records(workflow_id).items():
+            if (
+                record.get("state") == StepState.running.value
+                and record.get("inline_task_id") == task_id
+            ):
+                return step_id
+        return None
+
+    def _in_line_request(
+        self, app: Any, workflow_id: str, carrier: Any
+    ) -> tuple[Task, Any, StepView] | None:
+        """For a delivery that ran steps in line: the task, request and view of the one it
+        was running (the request its own message would have had)."""
+        step_id = self._carried_by(workflow_id, str(carrier.id))
+        if step_id is None:
+            return None
+        chain = list(getattr(carrier, "chain", None) or [])
+        for index, link in enumerate(chain):
+            task = app.tasks.get(link.get("task"))
+            if task is not None and inline.step_of_link(link, workflow_id) == step_id:
+                request = inline.request_of(link, chain[:index], carrier)
+                return task, request, self.store.load_step(workflow_id, step_id)
+        return None
 
     def _fail(
         self,
