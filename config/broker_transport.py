@@ -19,6 +19,8 @@ it for a step that waited for a shared limit and has just been woken: it was at 
 of its queue when it was refused, and behind a flood of fresh messages its token or
 permit would go unused (a refilled bucket overflows while it waits in line).
 
+It remembers delivered messages without a transaction around the two writes (``QoS``).
+
 And it keeps the binding table of treadle's exchange for a moment: kombu reads it from
 Redis (SMEMBERS) before every publish to a named exchange, a round trip per message.
 treadle's queues and their bindings are declared at start and never change (remote
@@ -28,7 +30,8 @@ control's reply exchange, whose bindings come and go with its callers, is read a
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -57,6 +60,23 @@ def in_line(signature: Mapping[str, Any]) -> dict[str, Any]:
     }
     options["headers"] = headers
     return {**signature, "options": options}
+
+
+class QoS(kombu_redis.QoS):  # type: ignore[misc]
+    """kombu's bookkeeping of delivered messages, without MULTI and EXEC around it.
+
+    kombu wraps the two writes that remember a delivered message (and the two that forget
+    it) in a transaction: four commands where two do. Nothing reads the pair in between,
+    and the reader that restores lost messages (``restore_visible``) already copes with a
+    tag in the index whose message is gone."""
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        if pipe:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as acquired:
+                yield acquired.pipeline(transaction=False)
 
 
 class _TreadleChannel:
@@ -101,10 +121,11 @@ class _TreadleChannel:
 
 
 class Channel(_TreadleChannel, kombu_redis.Channel):  # type: ignore[misc]
-    pass
+    QoS = QoS
 
 
 class SentinelChannel(_TreadleChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    QoS = QoS
     connection_class = PrimaryConnection
 
 

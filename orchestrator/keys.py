@@ -15,7 +15,7 @@
                        resource), key (a concurrency key value) or tenant (<class>:<tenant>)
 {p}:limits:active      set    base keys of limits with holders, waiters or an open circuit
 {p}:metrics            hash   counters and histogram buckets, fields JSON arrays such as
-                              ["steps", class, state] or ["run", task, bucket] (see
+                              ["moved", class, from, to] or ["run", task, bucket] (see
                               orchestrator.metrics, written by the Lua scripts)
 {p}:running            zset   "<class> <workflow key> <step>" -> when its attempt started
 {p}:lent               hash   worker node -> its loan (JSON: home class, the class it helps,

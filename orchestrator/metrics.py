@@ -4,7 +4,7 @@ Workers run on many hosts and come and go; scraping each of them would need serv
 discovery and would lose what a killed worker counted. So the counts live in Redis,
 written by the Lua scripts that already record every transition (no round trip of their
 own): the ``{p}:metrics`` hash, whose fields are JSON arrays naming a series, such as
-``["steps", "bulk", "queued"]`` or ``["run", "shop.pay", 4]`` (a histogram bucket,
+``["moved", "bulk", "queued", "running"]`` or ``["run", "shop.pay", 4]`` (a histogram bucket,
 stored one by one; summed up here). Whatever is cheaper to look at than to count (queue
 depths, the dead-letter queue, the oldest running step) is looked at here. Any
 orchestrator replica serves the same numbers.
@@ -103,10 +103,10 @@ class TreadleCollector(Collector):
             "Steps that reached each final state.",
             labels=["class", "state"],
         )
-        for parts, value in stored:
-            if parts[0] != "steps" or len(parts) != 3:
-                continue
-            klass, state = str(parts[1]), str(parts[2])
+        into: dict[tuple[str, str], float] = defaultdict(float)
+        for klass, state, value in _step_counts(stored):
+            into[klass, state] += value
+        for (klass, state), value in sorted(into.items()):
             if state in STEP_FINAL:
                 ended.add_metric([klass, state], value)
             else:
@@ -252,6 +252,21 @@ class TreadleCollector(Collector):
             "The watermark of outstanding steps above which submissions are refused.",
             [float(self.topology.admission_of(k).high) for k in PRIORITY_ORDER],
         )
+
+
+def _step_counts(stored: Iterable[tuple[list[Any], float]]) -> Iterator[tuple[str, str, float]]:
+    """(class, state, how many) to add up: steps created in a state (``["steps", class,
+    state]``) and moves between states (``["moved", class, from, to]``: one into ``to``
+    and, out of an unfinished state, one out of ``from``; a finished state's count only
+    grows, as a Prometheus counter must)."""
+    for parts, value in stored:
+        if parts[0] == "steps" and len(parts) == 3:
+            yield str(parts[1]), str(parts[2]), value
+        elif parts[0] == "moved" and len(parts) == 4:
+            klass, old, new = str(parts[1]), str(parts[2]), str(parts[3])
+            yield klass, new, value
+            if old and old not in STEP_FINAL:
+                yield klass, old, -value
 
 
 def _per_class(name: str, doc: str, values: list[float]) -> GaugeMetricFamily:

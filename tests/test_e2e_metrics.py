@@ -110,6 +110,32 @@ def test_the_histogram_buckets_are_the_ones_the_lua_script_fills() -> None:
     assert bounds == tuple(float(b) for b in metrics.BUCKETS_S)
 
 
+def test_step_counts_add_up_moves_and_keep_finished_counts_growing() -> None:
+    stored = [
+        (["steps", "bulk", "pending"], 3.0),  # created
+        (["moved", "bulk", "pending", "queued"], 3.0),
+        (["moved", "bulk", "queued", "running"], 2.0),
+        (["moved", "bulk", "running", "succeeded"], 1.0),
+        (["moved", "bulk", "succeeded", "queued"], 1.0),  # resumed: still counted as ended
+        (["moved", "bulk", "", "queued"], 4.0),  # fan-out items, created queued
+        (["moved", "bulk"], 9.0),  # not a move: ignored
+        (["steps", "bulk", "running"], -1.0),  # written by an earlier version
+    ]
+    families = {f.name: f for f in metrics.TreadleCollector._steps(stored)}
+    now_in = {tuple(s.labels.values()): s.value for s in families["treadle_steps"].samples}
+    ended = {
+        tuple(s.labels.values()): s.value
+        for s in families["treadle_steps_finished"].samples
+        if s.name.endswith("_total")
+    }
+    assert now_in == {
+        ("bulk", "pending"): 0.0,
+        ("bulk", "queued"): 3.0 - 2.0 + 1.0 + 4.0,
+        ("bulk", "running"): 2.0 - 1.0 - 1.0,
+    }
+    assert ended == {("bulk", "succeeded"): 1.0}
+
+
 def test_the_sample_alert_rules_use_only_metrics_treadle_serves(client: Client) -> None:
     rules = yaml.safe_load((REPO / "ops" / "prometheus" / "alerts.yml").read_text())
     served = served_names(client)

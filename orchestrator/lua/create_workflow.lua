@@ -21,25 +21,30 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.error_reply('workflow ' .. ARGV[1] .. ' already exists')
 end
-local fields = cjson.decode(ARGV[2])
-for name, value in pairs(fields) do
-  redis.call('HSET', KEYS[1], name, value)
+-- Many values per command (a stage of thousands of steps is a handful of commands), in
+-- chunks Lua can unpack.
+local CHUNK = 4000
+local function hset_all(key, map)
+  local flat, created = {}, 0
+  for id, value in pairs(map) do
+    table.insert(flat, id)
+    table.insert(flat, value)
+    created = created + 1
+  end
+  for i = 1, #flat, CHUNK do
+    redis.call('HSET', key, unpack(flat, i, math.min(i + CHUNK - 1, #flat)))
+  end
+  return created
 end
-redis.call('HSET', KEYS[1], 'audit_tail', ARGV[6])
+local fields = cjson.decode(ARGV[2])
+fields['audit_tail'] = ARGV[6]
+hset_all(KEYS[1], fields)
 -- Stored as the caller encoded them: decoding and re-encoding user data in Lua would turn
 -- [] into {} and round numbers to 14 digits.
-for id, def in pairs(cjson.decode(ARGV[3])) do
-  redis.call('HSET', KEYS[2], id, def)
-end
-local created = 0
-for id, record in pairs(cjson.decode(ARGV[4])) do
-  redis.call('HSET', KEYS[3], id, record)
-  created = created + 1
-end
+hset_all(KEYS[2], cjson.decode(ARGV[3]))
+local created = hset_all(KEYS[3], cjson.decode(ARGV[4]))
 redis.call('HINCRBY', KEYS[8], cjson.encode({'steps', fields['priority'], 'pending'}), created)
-for id, count in pairs(cjson.decode(ARGV[10])) do
-  redis.call('HSET', KEYS[7], id, count)
-end
+hset_all(KEYS[7], cjson.decode(ARGV[10]))
 local seq = redis.call('INCR', ARGV[11])
 redis.call('HSET', KEYS[1], 'seq', seq)
 for _, place in ipairs(cjson.decode(ARGV[13])) do

@@ -18,7 +18,8 @@
 -- It also keeps, per priority class (the workflow's), the count of outstanding steps
 -- (queued, running or retrying) that admission control reads, and of finished ones. A
 -- parked workflow's steps are not outstanding: parking takes them out of the count.
--- And the metrics (orchestrator.metrics reads them): steps per class and state, run time
+-- And the metrics (orchestrator.metrics reads them): steps moved per class, from state
+-- to state (the steps now in each state are what came in less what left), run time
 -- (running -> ended or retrying) and wait (queued -> running) per task and workflow
 -- latency per class as histograms, retries per task, and which steps run since when.
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
@@ -32,6 +33,10 @@
 --       dependents to release (JSON array or ''), definition of a created step (or ''),
 --       delayed message ('' for none: else "<id> <due time> <message JSON>"),
 --       dead letter ('' for none: else "<id> <time> <entry JSON>")
+-- Every read comes first and every write is gathered and made once at the end, one
+-- command per key where Redis takes many values (HSET, RPUSH, ZADD, HINCRBY per field):
+-- a step's two transitions are most of what treadle asks of Redis, and a batch of a
+-- thousand queued steps costs a handful of commands, not thousands.
 -- Returns {'ok', steps_done, steps_total, workflow_state, ready step ids...}
 --      or {'stale', current_tail} or {'conflict', target, current_state}.
 local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
@@ -41,16 +46,39 @@ local OUTSTANDING = {queued=1, running=1, retrying=1}
 local WORKFLOW_FINAL = {succeeded=true, failed=true, cancelled=true, compensated=true}
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local defs, delayed, entries, letters, letters_by_time = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local metrics, running = KEYS[12], KEYS[13]
+local outstanding, metrics, running = KEYS[11], KEYS[12], KEYS[13]
 local WIDTH, FIRST = 10, 5
 local token = ARGV[4]
+-- Redis takes at most this many values in one call from a script (Lua's unpack limit).
+local CHUNK = 4000
 -- Upper bounds of the histograms' buckets, in seconds: keep in step with
 -- orchestrator.metrics.BUCKETS_S (a test compares them).
 local BUCKETS_S = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
                    600, 1800, 3600}
 
+local head = redis.call('HMGET', wf, 'audit_tail', 'state', 'priority', 'steps_done',
+                        'steps_total', 'steps_failed', 'change', 'submitted_at')
+local tail, wf_state = head[1] or '', head[2] or ''
+local class = head[3] or 'default'
+local done, total, failed = tonumber(head[4]) or 0, tonumber(head[5]) or 0, tonumber(head[6]) or 0
+
+-- What the batch writes, gathered.
+local wf_set = {}
+local records, record_order = {}, {}
+local audit_records, results_set, defs_set = {}, {}, {}
+local running_add, running_del = {}, {}
+local metric_add, metric_float, outstanding_add = {}, {}, {}
+
+local function add(into, field, by)
+  into[field] = (into[field] or 0) + by
+end
+
+local function set_wf(name, value)
+  wf_set[name] = value
+end
+
 local function count(parts, by)
-  redis.call('HINCRBY', metrics, cjson.encode(parts), by or 1)
+  add(metric_add, cjson.encode(parts), by or 1)
 end
 
 -- One observation of a histogram: its bucket (the first bound it fits under; past the
@@ -68,12 +96,28 @@ local function observe(name, label, seconds)
     end
   end
   count({name, label, bucket})
-  redis.call('HINCRBYFLOAT', metrics, cjson.encode({name .. '_sum', label}), seconds)
+  add(metric_float, cjson.encode({name .. '_sum', label}), seconds)
 end
 
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- Calls ``command key v1 v2 ...`` over ``values``, in chunks Lua can unpack.
+local function many(command, key, values)
+  for i = 1, #values, CHUNK do
+    redis.call(command, key, unpack(values, i, math.min(i + CHUNK - 1, #values)))
+  end
+end
+
+local function pairs_of(map, order)
+  local flat = {}
+  for _, name in ipairs(order) do
+    table.insert(flat, name)
+    table.insert(flat, map[name])
+  end
+  return flat
 end
 
 -- The task of a step: from its audit record if it names it, else from its definition.
@@ -93,24 +137,25 @@ local function task_of(target, audit_json)
 end
 
 -- ``started`` is the start of a new attempt (its record's started_at), else nil.
-local function measure_step(class, target, old, new, record, started, audit_json)
+local function measure_step(target, old, new, record, started, audit_json)
   if old ~= new then
-    if old ~= '' and not TERMINAL[old] then
-      count({'steps', class, old}, -1)
-    end
-    count({'steps', class, new})
+    -- One count per move, not one out of ``old`` and one into ``new``: the reader adds up
+    -- what came into a state and takes off what left it (orchestrator.metrics).
+    count({'moved', class, old, new})
   end
   local member = class .. ' ' .. wf .. ' ' .. target
   if new == 'running' and started then
     -- A new attempt (also one after a lost attempt: running -> running) runs from now.
-    redis.call('ZADD', running, started, member)
+    running_del[member] = nil
+    running_add[member] = started
     local queued = tonumber(record['queued_at'])
     if queued and (old == 'queued' or old == 'pending') then
       -- From queued (its dependencies done) to started; a retry's wait is its backoff.
       observe('wait', task_of(target, audit_json), started - queued)
     end
   elseif old == 'running' and new ~= 'running' then
-    redis.call('ZREM', running, member)
+    running_add[member] = nil
+    running_del[member] = true
     local began = tonumber(record['started_at'])
     if began and (TERMINAL[new] or new == 'retrying') then
       local task = task_of(target, audit_json)
@@ -122,10 +167,10 @@ local function measure_step(class, target, old, new, record, started, audit_json
   end
 end
 
-local function measure_workflow(class, old, new)
+local function measure_workflow(old, new)
   if WORKFLOW_FINAL[new] and not WORKFLOW_FINAL[old] then
     count({'workflows', class, new})
-    local submitted = tonumber(redis.call('HGET', wf, 'submitted_at'))
+    local submitted = tonumber(head[8])
     if submitted then
       observe('latency', class, clock() - submitted)
     end
@@ -133,8 +178,7 @@ local function measure_workflow(class, old, new)
 end
 
 local function reply_with(ready)
-  local counts = redis.call('HMGET', wf, 'steps_done', 'steps_total', 'state')
-  local reply = {'ok', tonumber(counts[1]), tonumber(counts[2]), counts[3]}
+  local reply = {'ok', done, total, wf_state}
   for _, step in ipairs(ready) do
     table.insert(reply, step)
   end
@@ -145,7 +189,7 @@ end
 local function applied_before()
   local target = ARGV[FIRST]
   if target == '' then
-    if redis.call('HGET', wf, 'change') == token then
+    if head[7] == token then
       return reply_with({})
     end
     return nil
@@ -160,40 +204,49 @@ local function applied_before()
   return nil
 end
 
-local tail = redis.call('HGET', wf, 'audit_tail') or ''
 if tail ~= ARGV[1] then
   return applied_before() or {'stale', tail}
 end
 local n = tonumber(ARGV[3])
+local targets = {}
+for i = 0, n - 1 do
+  local target = ARGV[FIRST + i * WIDTH]
+  if target ~= '' then
+    table.insert(targets, target)
+  end
+end
+local stored = {}
+for i = 1, #targets, CHUNK do
+  local last = math.min(i + CHUNK - 1, #targets)
+  local raws = redis.call('HMGET', steps, unpack(targets, i, last))
+  for j = i, last do
+    stored[targets[j]] = raws[j - i + 1]
+  end
+end
 local loaded = {}
 for i = 0, n - 1 do
   local target, expected = ARGV[FIRST + i * WIDTH], ARGV[FIRST + 1 + i * WIDTH]
   local current
   if target == '' then
-    current = redis.call('HGET', wf, 'state') or ''
+    current = wf_state
+  elseif stored[target] then
+    loaded[i] = cjson.decode(stored[target])
+    current = loaded[i]['state']
   else
-    local raw = redis.call('HGET', steps, target)
-    if raw then
-      loaded[i] = cjson.decode(raw)
-      current = loaded[i]['state']
-    else
-      loaded[i] = {}
-      current = ''
-    end
+    loaded[i] = {}
+    current = ''
   end
   if current ~= expected then
     return applied_before() or {'conflict', target, current}
   end
 end
 local ready = {}
-local outstanding = KEYS[11]
-local class = redis.call('HGET', wf, 'priority') or 'default'
 local function outstanding_steps()
-  local count = 0
+  local outstanding_now = 0
   for _, raw in ipairs(redis.call('HVALS', steps)) do
-    count = count + (OUTSTANDING[cjson.decode(raw)['state']] or 0)
+    outstanding_now = outstanding_now + (OUTSTANDING[cjson.decode(raw)['state']] or 0)
   end
-  return count
+  return outstanding_now
 end
 for i = 0, n - 1 do
   local base = FIRST + i * WIDTH
@@ -202,22 +255,23 @@ for i = 0, n - 1 do
   if target == '' then
     if (new == 'parked') ~= (old == 'parked') then
       -- Parked steps are no load, but they still count against the class's watermark.
-      local count = outstanding_steps()
+      local parked = outstanding_steps()
       if new == 'parked' then
-        count = -count
+        parked = -parked
       end
-      redis.call('HINCRBY', outstanding, class, count)
-      redis.call('HINCRBY', outstanding, 'parked:' .. class, -count)
+      add(outstanding_add, class, parked)
+      add(outstanding_add, 'parked:' .. class, -parked)
     end
-    redis.call('HSET', wf, 'state', new)
+    wf_state = new
+    set_wf('state', new)
     for name, value in pairs(fields) do
-      redis.call('HSET', wf, name, value)
+      set_wf(name, value)
     end
     if i == 0 then
-      redis.call('HSET', wf, 'change', token)
+      set_wf('change', token)
     end
     if old ~= new then
-      measure_workflow(class, old, new)
+      measure_workflow(old, new)
     end
   else
     local record = loaded[i]
@@ -229,42 +283,49 @@ for i = 0, n - 1 do
       record['change'] = token
       record['ready'] = nil
     end
-    redis.call('HSET', steps, target, cjson.encode(record))
-    measure_step(class, target, old, new, record, tonumber(fields['started_at']), ARGV[base + 4])
+    if not records[target] then
+      table.insert(record_order, target)
+    end
+    records[target] = record
+    measure_step(target, old, new, record, tonumber(fields['started_at']), ARGV[base + 4])
     if ARGV[base + 7] ~= '' then
-      redis.call('HSET', defs, target, ARGV[base + 7])
+      table.insert(defs_set, target)
+      table.insert(defs_set, ARGV[base + 7])
     end
     if old == '' then
-      redis.call('HINCRBY', wf, 'steps_total', 1)
+      total = total + 1
     end
     if ARGV[base + 5] ~= '' then
-      redis.call('HSET', results, target, ARGV[base + 5])
+      table.insert(results_set, target)
+      table.insert(results_set, ARGV[base + 5])
     end
     if TERMINAL[new] and not TERMINAL[old] then
-      redis.call('HINCRBY', wf, 'steps_done', 1)
+      done = done + 1
     end
     local delta = (OUTSTANDING[new] or 0) - (OUTSTANDING[old] or 0)
-    if delta ~= 0 and redis.call('HGET', wf, 'state') ~= 'parked' then
-      redis.call('HINCRBY', outstanding, class, delta)
+    if delta ~= 0 and wf_state ~= 'parked' then
+      add(outstanding_add, class, delta)
       if delta < 0 and TERMINAL[new] then
-        redis.call('HINCRBY', outstanding, 'done:' .. class, 1)
+        add(outstanding_add, 'done:' .. class, 1)
       end
     end
     if FAILED[new] and not FAILED[old] then
-      redis.call('HINCRBY', wf, 'steps_failed', 1)
+      failed = failed + 1
     end
     if TERMINAL[old] and not TERMINAL[new] then
-      redis.call('HINCRBY', wf, 'steps_done', -1)
+      done = done - 1
     end
     if FAILED[old] and not FAILED[new] then
-      redis.call('HINCRBY', wf, 'steps_failed', -1)
+      failed = failed - 1
     end
-    if new == 'running' and redis.call('HGET', wf, 'state') == 'pending' then
+    if new == 'running' and wf_state == 'pending' then
       -- The first step to start starts the workflow; its record says so.
-      redis.call('HSET', wf, 'state', 'running', 'started_at', record['started_at'])
+      wf_state = 'running'
+      set_wf('state', 'running')
+      set_wf('started_at', record['started_at'])
     end
   end
-  redis.call('RPUSH', audit, ARGV[base + 4])
+  table.insert(audit_records, ARGV[base + 4])
   if ARGV[base + 8] ~= '' then
     local id, due, message = string.match(ARGV[base + 8], '^(%S+) (%S+) (.*)$')
     redis.call('HSET', entries, id, message)
@@ -283,11 +344,67 @@ for i = 0, n - 1 do
     end
   end
 end
-redis.call('HSET', wf, 'audit_tail', ARGV[2])
 if #ready > 0 and ARGV[FIRST] ~= '' then
   -- Kept for a repeat of this batch: these steps must still be published.
-  local record = loaded[0]
-  record['ready'] = ready
-  redis.call('HSET', steps, ARGV[FIRST], cjson.encode(record))
+  records[ARGV[FIRST]]['ready'] = ready
+end
+
+-- The writes.
+if done ~= (tonumber(head[4]) or 0) then
+  set_wf('steps_done', done)
+end
+if total ~= (tonumber(head[5]) or 0) then
+  set_wf('steps_total', total)
+end
+if failed ~= (tonumber(head[6]) or 0) then
+  set_wf('steps_failed', failed)
+end
+set_wf('audit_tail', ARGV[2])
+local wf_pairs = {}
+for name, value in pairs(wf_set) do
+  table.insert(wf_pairs, name)
+  table.insert(wf_pairs, value)
+end
+many('HSET', wf, wf_pairs)
+if #record_order > 0 then
+  local encoded = {}
+  for _, target in ipairs(record_order) do
+    encoded[target] = cjson.encode(records[target])
+  end
+  many('HSET', steps, pairs_of(encoded, record_order))
+end
+if #defs_set > 0 then
+  many('HSET', defs, defs_set)
+end
+if #results_set > 0 then
+  many('HSET', results, results_set)
+end
+many('RPUSH', audit, audit_records)
+local zadd, zrem = {}, {}
+for member, started in pairs(running_add) do
+  table.insert(zadd, started)
+  table.insert(zadd, member)
+end
+for member in pairs(running_del) do
+  table.insert(zrem, member)
+end
+if #zadd > 0 then
+  many('ZADD', running, zadd)
+end
+if #zrem > 0 then
+  many('ZREM', running, zrem)
+end
+for field, by in pairs(outstanding_add) do
+  if by ~= 0 then
+    redis.call('HINCRBY', outstanding, field, by)
+  end
+end
+for field, by in pairs(metric_add) do
+  if by ~= 0 then
+    redis.call('HINCRBY', metrics, field, by)
+  end
+end
+for field, by in pairs(metric_float) do
+  redis.call('HINCRBYFLOAT', metrics, field, by)
 end
 return reply_with(ready)

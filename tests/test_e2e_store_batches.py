@@ -1,0 +1,78 @@
+"""The state store's scripts with batches bigger than one Redis call can carry from Lua:
+every write lands, the audit chain holds, and a batch costs a handful of commands."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import pytest
+import redis
+
+from orchestrator.client import Client
+from orchestrator.compiler import compile_workflow
+from orchestrator.metrics import exposition
+from orchestrator.store import Change, StateStore
+
+pytestmark = pytest.mark.e2e
+
+# Past the scripts' chunk of 4,000 values (2,000 hash fields) more than once.
+WIDE = 4_500
+
+
+def commands(r: redis.Redis, *names: str) -> dict[str, int]:
+    stats = r.info("commandstats")
+    return {n: int(stats.get(f"cmdstat_{n}", {}).get("calls", 0)) for n in names}
+
+
+def delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    return {n: after[n] - before[n] for n in before}
+
+
+def test_a_wide_batch_is_written_whole_in_a_few_commands(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    store: StateStore = client.orchestrator.store
+    spec = {
+        "name": "wide-batch",
+        "priority": "bulk",
+        "steps": [{"id": f"s{i}", "task": "treadle.noop"} for i in range(WIDE)],
+    }
+    workflow = client.orchestrator.checker.check(spec)
+    workflow_id = f"wide-batch-{time.time_ns()}"
+    watched = ("hset", "rpush", "hincrby")
+    before = commands(redis_client, *watched)
+    store.create(workflow_id, workflow, compile_workflow(workflow))
+    created = delta(before, commands(redis_client, *watched))
+    # Fields, defs, records: three hashes in chunks of 2,000 fields each.
+    assert created["hset"] <= 12, created
+    assert len(store.step_records(workflow_id)) == WIDE
+    assert len(store.step_defs(workflow_id)) == WIDE
+
+    now = time.time()
+    changes = [
+        Change(f"s{i}", "pending", "queued", {"queued_at": now}, {"at": now}) for i in range(WIDE)
+    ]
+    before = commands(redis_client, *watched)
+    applied = store.apply(workflow_id, changes)
+    moved = delta(before, commands(redis_client, *watched))
+    assert (applied.steps_done, applied.steps_total) == (0, WIDE)
+    assert moved["rpush"] <= 3, moved  # the audit records, in chunks
+    assert moved["hset"] <= 6, moved  # the records, and the workflow's tail once
+    assert moved["hincrby"] <= 6, moved  # one per counter, not one per step
+
+    records = store.step_records(workflow_id)
+    assert {r["state"] for r in records.values()} == {"queued"}
+    assert all(r["queued_at"] == pytest.approx(now) for r in records.values())
+    log, _ = client.audit_log(workflow_id)
+    assert len(log) == 1 + WIDE
+    assert client.audit_chain_problems(workflow_id) == []
+
+    metrics = exposition(store, client.orchestrator.checker.topology)[0].decode()
+    queued = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('treadle_steps{class="bulk",state="queued"}')
+    ]
+    assert queued and float(queued[0].split()[-1]) >= WIDE
+    client.cancel(workflow_id)
