@@ -201,7 +201,7 @@ function listRow(row) {
     h("td", {}, row.priority),
     h("td", {}, row.tenant || "—"),
     h("td", { class: "progress-cell" },
-      h("progress", { max: row.steps_total || 1, value: row.steps_done }),
+      h("progress", { class: `st-${row.state}`, max: row.steps_total || 1, value: row.steps_done }),
       ` ${row.steps_done}/${row.steps_total}`),
     h("td", {}, clock(row.submitted_at)),
     h("td", {}, took === null ? "—" : secs(took)));
@@ -305,9 +305,12 @@ function showWorkflow(id) {
   let graph = null;
   let auditSeen = null;
   let auditAt = 0;
+  let auditByStep = null;
   const refreshAudit = async (wf) => {
     const [lines, check] = await Promise.all([api(`workflows/${enc(id)}/audit`, { text: true }), api(`workflows/${enc(id)}/audit/check`)]);
     const records = lines.split("\n").filter(Boolean).map((line) => JSON.parse(line));
+    auditByStep = new Map();
+    for (const r of records) if (r.step_id) (auditByStep.get(r.step_id) || auditByStep.set(r.step_id, []).get(r.step_id)).push(r);
     auditBody.replaceChildren(...records.map((r, i) => auditRow(r, i, wf.submitted_at)));
     verdict.replaceChildren(verdictOf(check));
   };
@@ -321,7 +324,6 @@ function showWorkflow(id) {
     } else {
       graph.update(wf);
     }
-    drawTimeline(timelineBox, wf, serverNow());
     const final = WORKFLOW_FINAL.has(wf.state);
     // The trail only grows when a state changes; a large one is not fetched every second.
     const seen = `${wf.state}|${wf.steps.map((st) => `${st.state}:${st.attempts}`).join(",")}`;
@@ -330,6 +332,7 @@ function showWorkflow(id) {
       auditSeen = seen;
       auditAt = Date.now();
     }
+    drawTimeline(timelineBox, wf, serverNow(), auditByStep);
     return final ? 3000 : 1000;
   });
 }

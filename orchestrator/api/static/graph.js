@@ -3,7 +3,7 @@
 // graph shape and recoloured in place on every poll, so the picture does not jump
 // while the workflow runs. A fan-out's items are folded into their step as a bar of
 // item states: a 2,000-item fan-out stays one node.
-import { s, truncate } from "./dom.js";
+import { s } from "./dom.js";
 
 const NODE_W = 184;
 const NODE_H = 46;
@@ -121,13 +121,29 @@ function itemBar(items) {
   return group;
 }
 
+// Text is cut to the box by measuring it, not by counting characters: fonts differ.
+function fit(text, tail, full, maxWidth) {
+  tail.textContent = full;
+  let keep = full.length;
+  while (keep > 0 && text.getComputedTextLength() > maxWidth) {
+    keep -= 1;
+    tail.textContent = keep ? `${full.slice(0, keep)}…` : "";
+  }
+}
+
 function paint(view, step, items) {
   const state = step.state || "pending";
   view.g.setAttribute("class", `node st-${state}${step.id.startsWith("compensate:") ? " compensation" : ""}`);
   view.g.setAttribute("data-state", state);
-  view.state.textContent = state;
-  view.extra.textContent = step.attempts > 1 ? ` · attempt ${step.attempts}` : "";
   view.title.textContent = tooltip(step, items);
+  const key = `${state}:${step.attempts}`;
+  if (key !== view.painted) {
+    // Measuring is slow-ish: only when the words change, not on every poll.
+    view.painted = key;
+    view.state.textContent = state;
+    view.extra.textContent = step.attempts > 1 ? ` · attempt ${step.attempts}` : "";
+    fit(view.sub, view.task, ` · ${step.task ?? ""}`, NODE_W - 22);
+  }
   view.items?.remove();
   view.items = items.length ? itemBar(items) : null;
   if (view.items) view.g.append(view.items);
@@ -152,18 +168,24 @@ export function drawGraph(box, wf) {
     const title = s("title");
     const state = s("tspan", { class: "state-word" });
     const extra = s("tspan");
+    const task = s("tspan", { class: "task" });
+    const id = s("text", { class: "step-id", x: 14, y: 18 });
+    const sub = s("text", { class: "step-sub", x: 14, y: 35 }, state, extra, task);
     const g = s("g", { transform: `translate(${node.x}, ${node.y})`, "data-step": node.id },
       title,
       s("rect", { class: "box", width: NODE_W, height: node.h, rx: 6 }),
       s("rect", { class: "band", width: 6, height: node.h, rx: 3 }),
-      s("text", { class: "step-id", x: 14, y: 18 }, truncate(node.id, 24)),
-      s("text", { class: "step-sub", x: 14, y: 35 }, state, extra, s("tspan", { class: "task" }, ` · ${truncate(node.step.task, 18)}`)));
-    const view = { g, title, state, extra, items: null };
-    views.set(node.id, view);
-    paint(view, node.step, node.items);
+      id, sub);
+    views.set(node.id, { g, title, id, sub, state, extra, task, items: null, painted: null });
     svg.append(g);
   }
+  // Attached first: text can only be measured in the document.
   box.replaceChildren(svg);
+  for (const node of nodes) {
+    const view = views.get(node.id);
+    fit(view.id, view.id, node.id, NODE_W - 22);
+    paint(view, node.step, node.items);
+  }
   return {
     update(next) {
       const items = new Map();

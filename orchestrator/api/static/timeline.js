@@ -1,12 +1,16 @@
 // The timeline (a Gantt chart): one row per step on one clock that starts at submission.
-// The pale hatched part of a bar is queue wait — from queued (its dependencies done,
-// its message published) to started — and the solid part is run time, in the colour of
-// the step's state. Bars of unfinished steps grow to "now" on every poll. For a retried
-// step, started_at is its last attempt's: the wait then includes the earlier attempts.
+// Hatched bars are waiting — in the queue, from queued (its dependencies done, its
+// message published) to started, or in a retry's backoff — and solid bars are run time:
+// a failed attempt in the retry colour, the last one in the colour of the step's state.
+// Bars of unfinished steps grow to "now" on every poll.
+//
+// The status object has one queued/started/finished time per step, and started_at is
+// its last attempt's; so a step that ran more than once is drawn attempt by attempt
+// from its audit records, when the page has them.
 import { h, s, secs, truncate } from "./dom.js";
 
 const LABEL_W = 190;
-const RIGHT_W = 150;
+const RIGHT_W = 190;
 const ROW_H = 22;
 const BAR_H = 12;
 const AXIS_H = 26;
@@ -36,17 +40,48 @@ function niceStep(raw) {
   return 10 * power;
 }
 
-function times(step, now) {
-  const queued = step.queued_at ?? null;
-  const started = step.started_at ?? null;
-  const ended = step.finished_at ?? null;
-  const waitEnd = started ?? (queued !== null && ["queued", "retrying"].includes(step.state) ? now : null);
-  const runEnd = started === null ? null : ended ?? (step.state === "running" ? now : started);
-  return { queued, started, waitEnd, runEnd };
+const ENDS_A_RUN = new Set(["retrying", "succeeded", "failed", "dead-lettered", "cancelled", "compensated", "skipped"]);
+
+/** Bars from the status times alone: one wait, one run. */
+function fromStatus(step, now) {
+  const bars = [];
+  const { queued_at: queued, started_at: started, finished_at: ended } = step;
+  const waiting = ["queued", "retrying"].includes(step.state);
+  if (queued != null && (started != null || waiting)) bars.push({ kind: "wait", from: queued, to: started ?? now });
+  if (started != null) bars.push({ kind: "run", from: started, to: ended ?? (step.state === "running" ? now : started) });
+  return bars;
 }
 
-/** Draw ``wf``'s timeline into ``box``, with ``now`` (server seconds) for open bars. */
-export function drawTimeline(box, wf, now) {
+/** Bars attempt by attempt, from the step's audit records (oldest first). */
+function fromAudit(step, records, now) {
+  const bars = [];
+  let waitFrom = null;
+  let runFrom = null;
+  for (const r of records) {
+    if (r.to === "queued" || r.to === "retrying") waitFrom = r.at;
+    if (r.from === "running" && runFrom !== null && (ENDS_A_RUN.has(r.to) || r.to === "running")) {
+      bars.push({ kind: "run", from: runFrom, to: r.at, failed: r.to === "retrying" || r.to === "running" });
+      runFrom = null;
+    }
+    if (r.to === "running") {
+      if (waitFrom !== null) bars.push({ kind: "wait", from: waitFrom, to: r.at });
+      waitFrom = null;
+      runFrom = r.at;
+    }
+  }
+  if (runFrom !== null && step.state === "running") bars.push({ kind: "run", from: runFrom, to: now });
+  if (waitFrom !== null && ["queued", "retrying"].includes(step.state)) bars.push({ kind: "wait", from: waitFrom, to: now });
+  return bars;
+}
+
+function barsOf(step, audit, now) {
+  const records = step.attempts > 1 && audit ? audit.get(step.id) : null;
+  return records && records.some((r) => r.to === "running") ? fromAudit(step, records, now) : fromStatus(step, now);
+}
+
+/** Draw ``wf``'s timeline into ``box``: ``now`` (server seconds) ends open bars;
+ * ``audit`` (step id → its records, or null) splits retried steps into attempts. */
+export function drawTimeline(box, wf, now, audit = null) {
   const rows = rowsOf(wf);
   const stamps = wf.steps.flatMap((st) => [st.queued_at, st.started_at, st.finished_at]).filter((t) => t != null);
   const t0 = wf.submitted_at ?? Math.min(...stamps, now);
@@ -81,21 +116,22 @@ export function drawTimeline(box, wf, now) {
     const st = row.step;
     const state = st.state || "pending";
     const g = s("g", { class: `row st-${state}`, "data-step": st.id, "data-state": state });
-    g.append(s("text", { class: "row-label", x: row.item ? 26 : 8, y: y + 15 }, truncate(st.id, row.item ? 22 : 25)));
-    const { queued, started, waitEnd, runEnd } = times(st, now);
-    const wait = queued !== null && waitEnd !== null ? waitEnd - queued : null;
-    const run = started !== null && runEnd !== null ? runEnd - started : null;
+    g.append(s("text", { class: "row-label", x: row.item ? 26 : 8, y: y + 15 }, truncate(st.id, (row.item ? 22 : 25) - (st.attempts > 1 ? 4 : 0))));
+    const bars = barsOf(st, audit, now);
     const top = y + (ROW_H - BAR_H) / 2;
-    if (wait !== null) {
-      g.append(s("rect", { class: "wait", x: x(queued), y: top, width: Math.max(x(waitEnd) - x(queued), 1), height: BAR_H }));
+    for (const bar of bars) {
+      const cls = bar.kind === "wait" ? "wait" : bar.failed ? "run failed-attempt" : "run";
+      const minW = bar.kind === "wait" ? 1 : 2;
+      g.append(s("rect", { class: cls, x: x(bar.from), y: top, width: Math.max(x(bar.to) - x(bar.from), minW), height: BAR_H, rx: bar.kind === "run" ? 2 : 0 }));
     }
-    if (run !== null) {
-      g.append(s("rect", { class: "run", x: x(started), y: top, width: Math.max(x(runEnd) - x(started), 2), height: BAR_H, rx: 2 }));
-    }
+    const total = (kind) => bars.filter((b) => b.kind === kind).reduce((sum, b) => sum + Math.max(b.to - b.from, 0), 0);
+    const wait = bars.some((b) => b.kind === "wait") ? total("wait") : null;
+    const run = bars.some((b) => b.kind === "run") ? total("run") : null;
     const words = [wait !== null ? `wait ${secs(wait)}` : null, run !== null ? `run ${secs(run)}` : null].filter(Boolean);
     const label = words.length ? words.join(" · ") : state;
-    g.append(s("text", { class: "row-times", x: width - RIGHT_W + 8, y: y + 15 }, label));
-    g.append(s("title", {}, `${st.id} (${state}, attempt ${st.attempts})\nqueue wait: ${secs(wait)}\nrun: ${secs(run)}${st.worker ? `\nworker: ${st.worker}` : ""}`));
+    g.append(s("text", { class: "row-times", x: width - RIGHT_W + 14, y: y + 15 }, label));
+    if (st.attempts > 1) g.append(s("text", { class: "row-attempts", x: LABEL_W - 8, y: y + 15 }, `×${st.attempts}`));
+    g.append(s("title", {}, `${st.id} (${state}, ${st.attempts} attempt${st.attempts === 1 ? "" : "s"})\nwaiting: ${secs(wait)}\nrunning: ${secs(run)}${st.worker ? `\nworker: ${st.worker}` : ""}`));
     svg.append(g);
   });
   box.replaceChildren(svg);
@@ -104,6 +140,7 @@ export function drawTimeline(box, wf, now) {
 /** The key the timeline's colours mean. */
 export function timelineLegend() {
   return h("span", { class: "legend-timeline" },
-    h("span", { class: "swatch wait" }), " queue wait ",
-    h("span", { class: "swatch run" }), " run (colour: the step's state)");
+    h("span", { class: "swatch wait" }), " waiting (in the queue, or a retry's backoff) ",
+    h("span", { class: "swatch run" }), " run (colour: the step's state) ",
+    h("span", { class: "swatch failed-attempt" }), " failed attempt");
 }
