@@ -123,6 +123,7 @@ function notice(kind, ...content) {
   el.className = `notice ${kind}`;
   el.replaceChildren(...content);
   el.hidden = false;
+  delete el.dataset.fromPoll;
 }
 
 function hideNotice() {
@@ -143,6 +144,8 @@ function poll(periodMs, tick) {
     try {
       delay = (await tick()) || periodMs;
       if (mine === generation) setLive(true, `live · ${clock(serverNow())}`);
+      // An error a poll reported is over once a poll succeeds; an action's notice stays.
+      if ($("notice").dataset.fromPoll) hideNotice();
     } catch (err) {
       if (mine !== generation) return;
       if (err instanceof Unauthorized) {
@@ -151,6 +154,7 @@ function poll(periodMs, tick) {
       }
       if (err instanceof ApiError) {
         notice("bad", `${err.status}: ${err.message}`);
+        $("notice").dataset.fromPoll = "yes";
         if (err.status === 404) return;
       } else {
         setLive(false, "the orchestrator does not answer; retrying");
