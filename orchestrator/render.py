@@ -306,6 +306,7 @@ def stack_banner(console: Console, stack: Any) -> None:
     if stack.api_port is not None:
         token = f"token {stack.api_token!r}" if stack.api_token else "no token: auth is off"
         console.print(f"  API:    {stack.api_url()}  ({token})")
+        console.print(f"  Dashboard: {stack.api_url('/dashboard')}")
 
 
 def flower_view(console: Console, stack: Any) -> None:

@@ -465,11 +465,21 @@ class StateStore:
             "steps": steps,
         }
 
-    def summaries(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Newest first: id, name, state, priority, times, progress."""
+    def summaries(
+        self,
+        state: str | None = None,
+        limit: int = 1000,
+        *,
+        priority: str | None = None,
+        tenant: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first: id, name, state, priority, tenant, times, progress; only the rows
+        that match every filter given."""
         ids = self._guard(lambda: self.redis.zrevrange(self.keys.index, 0, -1))
-        fields = ("id", "name", "state", "priority", "submitted_at", "finished_at")
+        fields = ("id", "name", "state", "priority", "tenant", "submitted_at", "finished_at")
         counts = ("steps_done", "steps_total")
+        wanted = {"state": state, "priority": priority, "tenant": tenant}
+        wanted = {k: v for k, v in wanted.items() if v is not None}
         out: list[dict[str, Any]] = []
         for start in range(0, len(ids), 500):
             batch = ids[start : start + 500]
@@ -481,13 +491,15 @@ class StateStore:
                 if row[0] is None:
                     continue
                 item: dict[str, Any] = {f: text(v) for f, v in zip(fields, row, strict=False)}
+                if any(item[k] != v for k, v in wanted.items()):
+                    continue
+                item["tenant"] = item["tenant"] or None  # stored as "" when there is none
                 item["submitted_at"] = _float(item["submitted_at"])
                 item["finished_at"] = _float(item["finished_at"])
-                item["steps_done"], item["steps_total"] = int(row[6] or 0), int(row[7] or 0)
-                if state is None or item["state"] == state:
-                    out.append(item)
-                    if len(out) >= limit:
-                        return out
+                item["steps_done"], item["steps_total"] = int(row[7] or 0), int(row[8] or 0)
+                out.append(item)
+                if len(out) >= limit:
+                    return out
         return out
 
     def audit_entries(self, workflow_id: str) -> tuple[list[str], str]:

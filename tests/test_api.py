@@ -211,6 +211,51 @@ def test_an_invalid_spec_gets_400_with_every_problem_located_and_nothing_is_writ
         assert count(http) == before
 
 
+def test_the_list_filters_by_state_class_and_tenant_and_names_the_tenant(api: Api) -> None:
+    tenant = f"tenant-{free_port()}"
+    noop = [{"id": "a", "task": "treadle.noop"}]
+    specs: list[dict[str, Any]] = [
+        {"name": "f-default", "tenant": tenant, "steps": noop},
+        {"name": "f-other", "tenant": f"{tenant}-x", "steps": noop},
+        {"name": "f-none", "steps": noop},
+        {
+            "name": "f-failed",
+            "tenant": tenant,
+            "steps": [{"id": "a", "task": "tests.always_permanent"}],
+        },
+    ]
+    with api.http() as http:
+        ids: dict[str, str] = {}
+        for spec in specs:
+            created = http.post("/workflows", json=spec)
+            assert created.status_code == 201, created.text
+            ids[spec["name"]] = created.json()["id"]
+        for workflow_id in ids.values():
+            finished(http, workflow_id)
+
+        def listed(**params: str) -> dict[str, dict[str, Any]]:
+            answer = http.get("/workflows", params={"limit": "10000", **params})
+            assert answer.status_code == 200, answer.text
+            return {row["id"]: row for row in answer.json()}
+
+        mine = listed(tenant=tenant)
+        assert set(mine) == {ids["f-default"], ids["f-failed"]}
+        assert {row["tenant"] for row in mine.values()} == {tenant}
+        assert listed(tenant=tenant, state="failed").keys() == {ids["f-failed"]}
+        assert listed(tenant=tenant, priority="bulk") == {}
+        assert ids["f-default"] in listed(tenant=tenant, priority="default")
+        assert listed()[ids["f-none"]]["tenant"] is None
+        # Without a tenant filter every tenant's rows come, and the class filter alone works.
+        every_default = listed(priority="default")
+        assert {ids["f-default"], ids["f-other"], ids["f-none"]} <= every_default.keys()
+        assert {row["priority"] for row in every_default.values()} == {"default"}
+
+        for params in ({"priority": "urgent"}, {"tenant": ""}, {"state": "sleeping"}):
+            refused = http.get("/workflows", params=params)
+            assert refused.status_code == 400, (params, refused.text)
+            assert refused.json()["error"] == "invalid"
+
+
 def test_backpressure_answers_429_with_retry_after_and_writes_nothing(api: Api) -> None:
     blocker = {
         "name": "critical-blocker",

@@ -2,7 +2,8 @@
 
 ``app.create_app(orchestrator, settings)`` builds the ASGI app: ``workflows`` and
 ``dead_letters`` routes behind the bearer token of ``auth``, ``health`` without it,
-``docs`` (OpenAPI), the request ``body`` limit and the one ``errors`` mapping. ``models``
+``docs`` (OpenAPI), the ``dashboard`` page (a static shell that reads the API with the
+token), the request ``body`` limit and the one ``errors`` mapping. ``models``
 is the wire format, light enough for the remote client; ``server`` runs the app beside
 the orchestrator's Celery consumer.
 

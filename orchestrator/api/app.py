@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 
 from config.settings import Settings
-from orchestrator.api import dead_letters, docs, errors, health, metrics, workflows
+from orchestrator.api import dashboard, dead_letters, docs, errors, health, metrics, workflows
 from orchestrator.api.auth import Auth, require_token
 from orchestrator.api.body import BodyGuard
 from orchestrator.service import Orchestrator
@@ -61,6 +61,7 @@ def create_app(
     errors.install(app)
     app.add_middleware(BodyGuard, max_bytes=settings.api_max_body_bytes)
     app.include_router(health.router)
+    dashboard.install(app)
     routers = (workflows.router, dead_letters.router, metrics.router, docs.router)
     for router in (*routers, *extra_routers):
         include_protected(app, router)

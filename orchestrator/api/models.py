@@ -60,6 +60,7 @@ class WorkflowSummary(_Open):
     name: str
     state: str
     priority: str
+    tenant: str | None = None
     submitted_at: float | None
     finished_at: float | None
     steps_done: int

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import Response as PlainResponse
 
-from config.topology import PRIORITY_ORDER
+from config.topology import PRIORITY_ORDER, PriorityClass
 from orchestrator.api.body import json_body
 from orchestrator.api.deps import OrchestratorDep
 from orchestrator.api.errors import documented
@@ -113,9 +113,21 @@ def list_workflows(
     state: Annotated[
         WorkflowState | None, Query(description="Only workflows in this state")
     ] = None,
+    priority: Annotated[
+        PriorityClass | None, Query(description="Only workflows of this priority class")
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        Query(min_length=1, max_length=200, description="Only this tenant's workflows"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[WorkflowSummary]:
-    rows = orchestrator.store.summaries(state.value if state else None, limit)
+    rows = orchestrator.store.summaries(
+        state.value if state else None,
+        limit,
+        priority=priority.value if priority else None,
+        tenant=tenant,
+    )
     return [WorkflowSummary.model_validate(row) for row in rows]
 
 
