@@ -24,6 +24,7 @@ from config.settings import Settings
 from orchestrator import tickets
 from orchestrator.compiler import Chain, Chord, Compiled, Group, Node, Task, first_steps, from_json
 from orchestrator.states import StepState
+from orchestrator.step_messages import StepMessages
 from orchestrator.store import Change, Conflict, StateStore
 
 StepDefs = Mapping[str, Mapping[str, Any]]
@@ -79,15 +80,16 @@ def dispatch(
     sources = [s for s in sorted(compiled.counters) if not defs[s].get("waits_for")]
     first = (first_steps(compiled.canvas) if compiled.canvas is not None else []) + sources
     mark_queued(store, workflow_id, first)
-    with publishing(app, store) as producer:
-        if compiled.canvas is not None:
-            build_signature(app, workflow_id, compiled.canvas, defs, priority).apply_async(
-                producer=producer
-            )
+    with publishing(app, store) as (producer, plain):
+        for part in _parts(compiled.canvas):
+            if isinstance(part, Task):
+                plain.add(workflow_id, part.step, defs[part.step], priority)
+            else:
+                build_signature(app, workflow_id, part, defs, priority).apply_async(
+                    producer=producer
+                )
         for step_id in sources:
-            step_signature(app, workflow_id, step_id, defs[step_id], priority).apply_async(
-                producer=producer
-            )
+            plain.add(workflow_id, step_id, defs[step_id], priority)
     store.set_fields(workflow_id, {"dispatched_at": repr(time.time())})
 
 
@@ -111,11 +113,20 @@ def publish_steps(
     if not ids:
         return
     defs = store.step_defs_of(workflow_id, ids)
-    with publishing(app, store) as producer:
+    with publishing(app, store) as (_, plain):
         for step_id in ids:
-            step_signature(app, workflow_id, step_id, defs[step_id], priority).apply_async(
-                producer=producer
-            )
+            plain.add(workflow_id, step_id, defs[step_id], priority)
+
+
+def _parts(canvas: Node | None) -> tuple[Node, ...]:
+    """What a canvas publishes, each part on its own: a group with nothing after it is
+    only its members (no chord waits on it), and a plain step is one message that
+    ``StepMessages`` builds without Celery's per-message canvas work."""
+    if canvas is None:
+        return ()
+    if isinstance(canvas, Group):
+        return canvas.items
+    return (canvas,)
 
 
 # Messages a publish batch may hold: a stage's worth, so that it leaves in one round trip.
@@ -123,17 +134,17 @@ _BATCH_MAX = 1_000_000
 
 
 @contextlib.contextmanager
-def publishing(app: Celery, store: StateStore) -> Iterator[Producer]:
-    """A producer whose messages (passed ``producer=``) leave together, in one pipelined
-    round trip, when the block ends: Celery publishes a canvas one message at a time
-    (kombu's ``Producer.batch`` buffers them). Their tickets are written first, in one more
-    round trip; a block that fails publishes nothing."""
-    with (
-        app.producer_or_acquire() as producer,
-        producer.batch(max_size=_BATCH_MAX),
-        tickets.capture(store),
-    ):
-        yield producer
+def publishing(app: Celery, store: StateStore) -> Iterator[tuple[Producer, StepMessages]]:
+    """A producer for canvases (passed ``producer=``) and a collector of plain steps'
+    messages, all of which leave together when the block ends: Celery publishes a canvas
+    one message at a time (kombu's ``Producer.batch`` buffers them into one pipelined
+    round trip). Their tickets are written first, in one more round trip; a block that
+    fails publishes nothing."""
+    with app.producer_or_acquire() as producer, producer.batch(max_size=_BATCH_MAX):
+        plain = StepMessages(app, producer)
+        with tickets.capture(store):
+            yield producer, plain
+        plain.send()
 
 
 def mark_queued(store: StateStore, workflow_id: str, step_ids: list[str]) -> None:
