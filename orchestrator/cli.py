@@ -563,7 +563,11 @@ def _use_checkout() -> None:
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="One run of every scenario, at the same sizes.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="One run of every scenario, at the same sizes but a soak of 8,000 steps.",
+)
 @click.option(
     "--runs", type=click.IntRange(1), help="Runs of each scenario (default 3; --quick 1)."
 )
@@ -600,7 +604,7 @@ def bench(
         run_bench,
     )
     from ops.bench.runner import select as select_scenarios
-    from ops.bench.sizes import FULL, TINY
+    from ops.bench.sizes import FULL, QUICK, TINY
 
     names = tuple(n.strip() for n in (only or "").split(",") if n.strip())
     try:
@@ -614,7 +618,7 @@ def bench(
     options = Options(
         runs=runs or (QUICK_RUNS if quick else DEFAULT_RUNS),
         only=names,
-        sizes=TINY if tiny else FULL,
+        sizes=TINY if tiny else (QUICK if quick else FULL),
         progress=lambda line: out.print(line, highlight=False, markup=False),
     )
     report = run_bench(options)

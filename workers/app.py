@@ -30,6 +30,7 @@ from workers.poison import describe
 from workers.registry import Registry, load_task_modules
 from workers.runtime import StepRuntime
 from workers.timeouts import step_request_class
+from workers.timer_sweep import install_timer_sweep
 from workers.upkeep import install_upkeep
 
 log = logging.getLogger("treadle.worker")
@@ -115,6 +116,7 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
     before_task_publish.connect(mark_queued, weak=False)
     tickets.use_by_default(lambda: holder.runtime.store)
     install_upkeep(app, settings, redis_url, incarnation)
+    install_timer_sweep(app)
     poison.install(app, lambda: DeadLetters(holder.runtime.store))
     return app
 
