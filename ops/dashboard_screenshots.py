@@ -30,20 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from config.settings import Settings  # noqa: E402
+from ops.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from orchestrator.stack import Stack  # noqa: E402
 from orchestrator.states import WORKFLOW_FINAL  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SAMPLES = REPO / "workers" / "samples" / "workflows"
 SAMPLE_MODULES = (
     "workers.samples.shop,workers.samples.ml,workers.samples.compliance,workers.samples.images"
@@ -186,7 +176,7 @@ def main() -> None:
                 expect.set_options(timeout=DEADLINE_S * 1000)
                 with sync_playwright() as playwright:
                     browser = playwright.chromium.launch(
-                        executable_path=CHROMIUM, args=CHROMIUM_ARGS
+                        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
                     )
                     page = browser.new_page(viewport={"width": WIDTH, "height": 800})
                     photograph(page, url, token, checkout, args.out)

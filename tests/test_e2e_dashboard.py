@@ -25,6 +25,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from ops.browser import CHROMIUM, CHROMIUM_ARGS
 from orchestrator.stack import Stack
 from orchestrator.states import WORKFLOW_FINAL
 from tests.conftest import wait_until
@@ -33,17 +34,6 @@ from tests.tasks import fix, open_gate
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TOKEN = "dashboard-test-token-0123456789"
 TOKEN_KEY = "treadle.api-token"  # where the page keeps the token (dashboard.js)
 # Every wait on the page has this deadline: generous for a loaded 2-core machine, and
