@@ -180,50 +180,64 @@ class QueueWatch:
         # ``due`` is oldest first; the last message pushed is the first taken, so push the
         # youngest first and the oldest runs first.
         order = list(reversed(due))
+        planned = [
+            Promotion(
+                q.workflow_id, q.step_id, q.task, source, target, now - (q.waiting_since or now)
+            )
+            for q in order
+        ]
+        # Recorded before the move: an idle worker of the target class takes a moved
+        # message at once, and the step's audit trail must show the move before the run.
+        for promotion in planned:
+            self._record(promotion, now)
         args: list[bytes | str] = []
         for queued in order:
             args += [queued.raw, _moved_message(queued.raw, target, now)]
         flags = self._promote(keys=[queue_for(source), queue_for(target)], args=args)
         promoted = []
-        for queued, moved in zip(order, flags, strict=True):
+        for promotion, moved in zip(planned, flags, strict=True):
             if not int(moved):
-                continue  # a worker took it (or another orchestrator moved it) just now
-            waited = now - (queued.waiting_since or now)
+                # A worker took it (or another orchestrator moved it) between the record
+                # and the move: the trail says so.
+                self._record(promotion, now, moved=False)
+                continue
             log.info(
                 "workflow %s step %s (%s) waited %.1f s on the %s queue, longer than its "
                 "max_wait_s %s: moved up to the front of the %s queue",
-                queued.workflow_id,
-                queued.step_id,
-                queued.task,
-                waited,
+                promotion.workflow_id,
+                promotion.step_id,
+                promotion.task,
+                promotion.waited_s,
                 source,
                 self.topology.max_wait_s(source),
                 target,
             )
-            promoted.append(
-                Promotion(queued.workflow_id, queued.step_id, queued.task, source, target, waited)
-            )
-        for promotion in promoted:
-            self._record(promotion, now)
+            promoted.append(promotion)
         return promoted
 
-    def _record(self, promotion: Promotion, now: float) -> None:
-        """Put the move in the step's audit trail (and its record, for ``treadle status``)."""
+    def _record(self, promotion: Promotion, now: float, moved: bool = True) -> None:
+        """Put the move in the step's audit trail (and its record, for ``treadle status``);
+        with ``moved=False``, that the move recorded just before did not happen."""
         record = self.store.step_records_of(promotion.workflow_id, [promotion.step_id])
         state = record.get(promotion.step_id, {}).get("state")
         if state is None:
             return  # its workflow is gone
-        change = Change(
-            promotion.step_id,
-            state,
-            state,
-            {"promoted_to": promotion.target.value, "promoted_at": now},
-            {
+        move = f"{promotion.source.value} -> {promotion.target.value}"
+        if moved:
+            fields: dict[str, Any] = {"promoted_to": promotion.target.value, "promoted_at": now}
+            audit: dict[str, Any] = {
                 "at": now,
-                "promoted": f"{promotion.source.value} -> {promotion.target.value}",
+                "promoted": move,
                 "waited_s": round(promotion.waited_s, 3),
-            },
-        )
+            }
+        else:
+            fields = {"promoted_to": None, "promoted_at": None}
+            audit = {
+                "at": time.time(),
+                "not_promoted": move,
+                "why": "taken from its queue before the move",
+            }
+        change = Change(promotion.step_id, state, state, fields, audit)
         with contextlib.suppress(Conflict, NotFound):  # it moved on meanwhile: it ran
             self.store.apply(promotion.workflow_id, [change])
 

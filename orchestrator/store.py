@@ -447,7 +447,7 @@ class StateStore:
                     # A queued step held back by a shared limit (orchestrator.flow).
                     **({"waiting_for": record["waiting_for"]} if record.get("waiting_for") else {}),
                     # Moved up a class by aging (orchestrator.queue_watch): it ran there.
-                    **({"promoted_to": record["promoted_to"]} if "promoted_to" in record else {}),
+                    **({"promoted_to": record["promoted_to"]} if record.get("promoted_to") else {}),
                 }
             )
         return {

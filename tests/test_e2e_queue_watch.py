@@ -166,6 +166,41 @@ def test_overdue_steps_climb_one_class_per_max_wait_and_still_run(
     assert running.client.audit(workflow_id).ok
 
 
+def test_a_promotion_is_in_the_trail_before_the_move_and_one_that_missed_says_so(
+    tmp_path: Path, closing: list[Running]
+) -> None:
+    running = start(tmp_path, "pools:\n  bulk: {max_wait_s: 1}\n", workers=[], orchestrator=False)
+    closing.append(running)
+    r = running.redis
+    workflow_id = running.client.submit(
+        {
+            "name": "aging-race",
+            "priority": "bulk",
+            "steps": [{"id": s, "task": "treadle.noop"} for s in ("a", "b")],
+        }
+    )
+    watch = QueueWatch(r, Keys(), running.app, load_topology(running.settings.topology))
+    raws = list(reversed(r.lrange("bulk", 0, -1)))
+    due = watch._read(raws)
+    taken = next(q for q in due if q.step_id == "a")
+    # A bulk worker took it just before the move (bytes, as LRANGE gave it).
+    assert r.lrem("bulk", -1, taken.raw) == 1  # type: ignore[arg-type]
+    moved = watch._move(due, BULK, DEFAULT, time.time() + 5)
+    assert [p.step_id for p in moved] == ["b"]
+    entries, _ = running.client.orchestrator.store.audit_entries(workflow_id)
+    trail = [json.loads(e) for e in entries]
+    said = [(e.get("step_id"), e.get("promoted"), e.get("not_promoted")) for e in trail[-3:]]
+    assert said == [  # recorded youngest first, as they are pushed
+        ("b", "bulk -> default", None),
+        ("a", "bulk -> default", None),
+        ("a", None, "bulk -> default"),
+    ]
+    steps = {s["id"]: s for s in running.client.status(workflow_id)["steps"]}
+    assert steps["b"]["promoted_to"] == "default"
+    assert "promoted_to" not in steps["a"]
+    assert running.client.audit(workflow_id).ok
+
+
 def test_a_bulk_step_stuck_behind_a_busy_pool_runs_on_a_default_worker(
     tmp_path: Path, closing: list[Running]
 ) -> None:
