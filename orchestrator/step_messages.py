@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from celery import Celery
@@ -43,11 +42,6 @@ class Route:
 
 
 def route_of(app: Celery, task: str, queue: str) -> Route:
-    return _route(app, task, queue)
-
-
-@cache
-def _route(app: Celery, task: str, queue: str) -> Route:
     resolved = app.amqp.router.route({"queue": queue}, task, (), {}, None)["queue"]
     exchange = resolved.exchange
     if exchange.type == "direct":
@@ -74,13 +68,17 @@ class StepMessages:
         self.app = app
         self.channel: Any = producer.channel
         self.waiting: dict[str, list[str]] = {}
+        self.routes: dict[tuple[str, str], Route] = {}  # resolved once per block
 
     def add(self, workflow_id: str, step_id: str, step: Mapping[str, Any], priority: str) -> str:
         """Build one plain step's message (sent by ``send``); returns its task id."""
         soft = float(step["timeout_s"])
         pool = step.get("priority") or priority
         name = str(step["task"])
-        route = route_of(self.app, name, queue_for(pool))
+        queue = queue_for(pool)
+        route = self.routes.get((name, queue))
+        if route is None:
+            route = self.routes[name, queue] = route_of(self.app, name, queue)
         task_id = str(uuid())
         headers, properties, body, _ = self.app.amqp.as_task_v2(
             task_id,

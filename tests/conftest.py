@@ -17,7 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from celery import Celery
 
+from config.celery_app import make_app
 from config.settings import Settings
 from config.topology import PriorityClass
 from orchestrator.client import Client
@@ -86,6 +88,13 @@ def spare_database(stack: Stack, db: int) -> Iterator[redis.Redis]:
     yield connection
     connection.flushdb()
     connection.close()
+
+
+def spare_app(stack: Stack, settings: Settings, db: int) -> Iterator[Celery]:
+    """A treadle Celery app on database ``db`` of the session's Redis (see spare_database)."""
+    celery = make_app(settings, database_url(stack.redis_url, db))
+    yield celery
+    celery.close()
 
 
 @pytest.fixture

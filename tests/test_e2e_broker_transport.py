@@ -10,13 +10,12 @@ import redis
 from celery import Celery, signature
 
 from config.broker_transport import FRONT_OF_QUEUE_HEADER, in_line, to_front
-from config.celery_app import make_app
 from config.queues import queue_for
 from config.settings import Settings
 from config.topology import PriorityClass
 from orchestrator.stack import Stack
 from orchestrator.tickets import key_of_payload
-from tests.conftest import database_url, spare_database
+from tests.conftest import spare_app, spare_database
 
 pytestmark = pytest.mark.e2e
 
@@ -31,9 +30,7 @@ def direct(stack: Stack) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def app(stack: Stack, settings: Settings, direct: redis.Redis) -> Iterator[Celery]:
-    celery = make_app(settings, database_url(stack.redis_url, DB))
-    yield celery
-    celery.close()
+    yield from spare_app(stack, settings, DB)
 
 
 def step(app: Celery, step_id: str) -> dict[str, object]:

@@ -13,7 +13,6 @@ import pytest
 import redis
 from celery import Celery
 
-from config.celery_app import make_app
 from config.queues import queue_for
 from config.settings import Settings
 from config.topology import PriorityClass
@@ -23,7 +22,7 @@ from orchestrator.keys import Keys
 from orchestrator.stack import Stack
 from orchestrator.store import StateStore
 from orchestrator.tickets import key_of_payload
-from tests.conftest import database_url, spare_database
+from tests.conftest import spare_app, spare_database
 
 pytestmark = pytest.mark.e2e
 
@@ -42,9 +41,7 @@ def direct(stack: Stack) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def app(stack: Stack, settings: Settings, direct: redis.Redis) -> Iterator[Celery]:
-    celery = make_app(settings, database_url(stack.redis_url, DB))
-    yield celery
-    celery.close()
+    yield from spare_app(stack, settings, DB)
 
 
 def queued(direct: redis.Redis) -> list[dict[str, Any]]:
