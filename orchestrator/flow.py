@@ -36,6 +36,9 @@ from orchestrator.store import Reservation, StateStore, StepView, lua_script, te
 log = logging.getLogger("treadle.flow")
 
 SUCCESS, FAILURE, NO_VERDICT = "success", "failure", ""
+# The reason of a refusal that parks nothing: another claim of the same step holds the
+# permit (two copies of its message were claimed at once). That copy must not run.
+HELD = "held by another copy of the step"
 
 
 @dataclass(frozen=True)
@@ -124,12 +127,20 @@ class FlowControl:
         incarnation: str,
         lease_s: float,
         message: Mapping[str, Any],
+        claim: str = "",
+        replaces: str = "",
     ) -> Waiting | None:
         """Take every limit or none. None: taken. Else the step's message is parked, to
         be published when it is woken: at the front of its queue (it was there when it
         was refused), unless it waited for its tenant's cap. Then it goes back in line
         behind the other tenants' steps, or a tenant's woken steps would take every
-        slot that its own steps free, and another tenant's would wait behind them."""
+        slot that its own steps free, and another tenant's would wait behind them.
+
+        ``claim`` names this try to run the step. A permit is kept per step, and a step
+        can have two copies of its message (at-least-once delivery, recovery's re-issued
+        and put-back messages): a claim may take over the permit of ``replaces`` (the
+        step's last attempt, which has ended or was lost) or of a dead worker, but while
+        another live claim holds it the answer is ``HELD`` and nothing is parked."""
         member = member_of(view.workflow_id, view.step_id)
         woken = json.dumps(to_front(message))
         in_line = json.dumps(message) if any(lim.kind == "tenant" for lim in limits) else ""
@@ -144,10 +155,14 @@ class FlowControl:
                 f"{member}/wait-{uuid.uuid4().hex[:12]}",
                 woken,
                 in_line,
+                claim,
+                replaces,
             )
             if text(reply[0]) == "ok":
                 return None
             limit = limits[int(reply[1]) - 1]
+            if text(reply[0]) == "held":
+                return Waiting(limit, HELD, None, "", member)
             due = text(reply[3])
             waiting = Waiting(
                 limit,
@@ -168,13 +183,16 @@ class FlowControl:
         limits: Sequence[Limit],
         verdict: str = NO_VERDICT,
         wait_again: bool = False,
+        claim: str = "",
     ) -> None:
         """Give back what the step took; with ``wait_again`` (a retry) it keeps its place
-        in the queues of its concurrency keys."""
+        in the queues of its concurrency keys. With ``claim``, a permit goes back only if
+        that claim holds it, not one that another copy of the step took (or took over)."""
         if not limits:
             return
         again = self.order_of(view) if wait_again else ""
-        self._call("release", limits, member_of(view.workflow_id, view.step_id), verdict, again)
+        member = member_of(view.workflow_id, view.step_id)
+        self._call("release", limits, member, verdict, again, claim)
 
     # -- upkeep --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from config.broker_transport import FRONT_OF_QUEUE_HEADER
 from config.topology import Topology
-from orchestrator.flow import FAILURE, SUCCESS, FlowControl, Waiting, member_of
+from orchestrator.flow import FAILURE, HELD, SUCCESS, FlowControl, Waiting, member_of
 from orchestrator.keys import Keys
 from orchestrator.limits import Limit
 from orchestrator.stack import Stack
@@ -52,11 +52,19 @@ def view(step: str, workflow: str = "wf", sequence: int = 1, rank: int = 0) -> S
 
 
 def acquire(
-    flow: FlowControl, step: str, limits: list[Limit], incarnation: str = "alive", **kw: Any
+    flow: FlowControl,
+    step: str,
+    limits: list[Limit],
+    incarnation: str = "alive",
+    claim: str = "",
+    replaces: str = "",
+    **kw: Any,
 ) -> Waiting | None:
     the_view = view(step, **kw)
     submitted(flow, the_view.workflow_id, step)
-    return flow.acquire(the_view, limits, incarnation, 60.0, {"step": step})
+    return flow.acquire(
+        the_view, limits, incarnation, 60.0, {"step": step}, claim=claim, replaces=replaces
+    )
 
 
 def submitted(flow: FlowControl, workflow: str, step: str) -> None:
@@ -163,6 +171,52 @@ def test_permits_of_a_dead_worker_are_taken_back_and_its_attempt_marked_lost(
     assert reaped.reclaimed == ["db wf/a"]
     assert take_due(flow) == ["b"]
     assert acquire(flow, "b", [db]) is None
+
+
+def test_a_second_copy_of_a_step_neither_shares_its_permit_nor_gives_it_back(
+    flow: FlowControl,
+) -> None:
+    """Two copies of one step's message claimed at once (a message put back or re-issued
+    by recovery while another copy was on its way): the permit is the first claim's. The
+    second is told HELD and parked nowhere, and giving back what it took (its start found
+    the step running) frees nothing: a third step still waits."""
+    keep_alive(flow, "alive")
+    db = Limit("resource", "db", concurrency=2)
+    assert acquire(flow, "a", [db], claim="first") is None
+    assert acquire(flow, "b", [db], claim="b") is None
+    second = acquire(flow, "a", [db], claim="second")
+    assert second is not None and second.reason == HELD
+    assert parked(flow, db) == {} and take_due(flow) == []
+    flow.release(view("a"), [db], claim="second")
+    assert acquire(flow, "c", [db], claim="c") is not None
+    flow.release(view("a"), [db], SUCCESS, claim="first")
+    assert take_due(flow) == ["c"]
+    assert acquire(flow, "c", [db], claim="c") is None
+
+
+def test_a_claim_takes_over_the_permit_of_the_attempt_it_follows_or_of_a_dead_worker(
+    flow: FlowControl,
+) -> None:
+    """A retry, or the copy that runs a lost attempt again, takes over the permit the
+    attempt before it still holds (it names that attempt's claim); the late release of
+    the old claim then gives back nothing. Of two copies doing so, only the first may.
+    A permit of a dead worker goes to any claim."""
+    keep_alive(flow, "alive")
+    db = Limit("resource", "db", concurrency=1)
+    assert acquire(flow, "a", [db], claim="attempt-1") is None
+    assert acquire(flow, "a", [db], claim="attempt-2", replaces="attempt-1") is None
+    copy = acquire(flow, "a", [db], claim="attempt-2-copy", replaces="attempt-1")
+    assert copy is not None and copy.reason == HELD
+    flow.release(view("a"), [db], FAILURE, claim="attempt-1")
+    assert acquire(flow, "b", [db], claim="b") is not None
+    flow.release(view("a"), [db], SUCCESS, claim="attempt-2")
+    assert take_due(flow) == ["b"]
+
+    api = Limit("resource", "api-db", concurrency=1)
+    assert acquire(flow, "d", [api], incarnation="dead", claim="d-1") is None
+    assert acquire(flow, "d", [api], claim="d-2") is None
+    flow.release(view("d"), [api], claim="d-1")  # a zombie of the dead worker
+    assert acquire(flow, "e", [api], claim="e") is not None
 
 
 def test_a_concurrency_key_serves_steps_in_submission_order_not_arrival_order(

@@ -33,7 +33,7 @@ from orchestrator.delays import DelayedMessages
 from orchestrator.dispatch import publish_steps
 from orchestrator.errors import Permanent, StepError
 from orchestrator.finish import finish_workflow
-from orchestrator.flow import FAILURE, NO_VERDICT, SUCCESS, FlowControl, Waiting
+from orchestrator.flow import FAILURE, HELD, NO_VERDICT, SUCCESS, FlowControl, Waiting
 from orchestrator.limits import KeyTemplateError, Limit
 from orchestrator.model import RetryPolicy
 from orchestrator.states import (
@@ -72,6 +72,7 @@ class _Attempt:
     refusal: str | None = None  # the step cannot run (a broken condition): fail it
     limits: list[Limit] = field(default_factory=list)  # taken for this attempt
     released: bool = False
+    claim: str = ""  # names this attempt's hold on its limits ("": whoever holds them)
     tail: str | None = None  # the audit tail after its last record (a guess for the next)
 
 
@@ -260,18 +261,21 @@ class StepRuntime:
                 attempt_no -= 1
                 refusal = f"the worker was lost during attempt {attempt_no}; no attempts left"
             limits: list[Limit] = []
+            # Two copies of a step's message can be claimed at once: the one that loses
+            # must neither share the winner's permits nor give them back.
+            claim = uuid.uuid4().hex[:16]
             if refusal is None:
-                limits, refusal = self._take_limits(task, view, state)
+                limits, refusal = self._take_limits(task, view, state, claim)
             worker = task.request.hostname or ""
             try:
                 applied = self.store.apply(
                     workflow_id,
-                    [self._start(task, view, state, attempt_no, worker, carrier)],
+                    [self._start(task, view, state, attempt_no, worker, carrier, claim)],
                     tail=view.audit_tail,
                 )
             except Conflict:
                 if limits and self.flow is not None:
-                    self.flow.release(view, limits)
+                    self.flow.release(view, limits, claim=claim)
                 continue  # it moved on between our read and our write: look again
             call = StepCall(
                 workflow_id=workflow_id,
@@ -281,7 +285,7 @@ class StepRuntime:
                 pool=view.pool,
                 worker=worker,
             )
-            return _Attempt(view, definition, call, refusal, limits, tail=applied.tail)
+            return _Attempt(view, definition, call, refusal, limits, tail=applied.tail, claim=claim)
         raise Ignore()
 
     def _park(self, task: Task, view: StepView) -> bool:
@@ -347,6 +351,7 @@ class StepRuntime:
         attempt_no: int,
         worker: str,
         carrier: Any = None,
+        claim: str = "",
     ) -> Change:
         """The transition that starts attempt ``attempt_no`` on this worker."""
         input_sha = audit.sha256_of(
@@ -366,6 +371,9 @@ class StepRuntime:
             "input_sha256": input_sha,
             "finished_at": None,
             "waiting_for": None,
+            # The next attempt may take over the permits this one leaves (it ended or
+            # was lost); a copy claimed beside this one may not (see FlowControl.acquire).
+            "claim": claim,
         }
         if not view.record.get("queued_at"):
             fields["queued_at"] = now
@@ -389,7 +397,7 @@ class StepRuntime:
     # -- limits --------------------------------------------------------------------------
 
     def _take_limits(
-        self, task: Task, view: StepView, state: StepState
+        self, task: Task, view: StepView, state: StepState, claim: str
     ) -> tuple[list[Limit], str | None]:
         """Take the step's shared limits, or park its message until they are free (raising
         Ignore: the step holds no worker slot and spends no attempt while it waits).
@@ -406,9 +414,23 @@ class StepRuntime:
         # Past the hard time limit the attempt is dead for sure; the heartbeat of its
         # worker usually tells sooner (see FlowControl.reap).
         lease_s = Settings.hard_limit_s(timeout_s) + self.recheck_s if timeout_s else 3600.0
-        waiting = self.flow.acquire(view, limits, self.incarnation, lease_s, _again(task, view))
+        waiting = self.flow.acquire(
+            view,
+            limits,
+            self.incarnation,
+            lease_s,
+            _again(task, view),
+            claim=claim,
+            replaces=str(view.record.get("claim") or ""),
+        )
         if waiting is None:
             return limits, None
+        if waiting.reason == HELD:
+            # Another copy of this step's message, claimed at the same moment, holds its
+            # permits and is about to run it: this one looks again later, as a copy of a
+            # running step does.
+            self._recheck_later(task, view, f"another copy holds its {waiting.limit.label}")
+            raise Ignore()
         self._note_waiting(view, state, waiting)
         raise Ignore()
 
@@ -444,7 +466,9 @@ class StepRuntime:
             return
         attempt.released = True
         try:
-            self.flow.release(attempt.view, attempt.limits, verdict, wait_again)
+            self.flow.release(
+                attempt.view, attempt.limits, verdict, wait_again, claim=attempt.claim
+            )
         except Exception:  # the reaper takes them back when their lease ends
             log.exception(
                 "workflow %s step %s: could not give back its limits",
@@ -470,7 +494,7 @@ class StepRuntime:
         deadline = started + Settings.hard_limit_s(timeout_s) + self.recheck_s
         return bool(timeout_s) and time.time() > deadline
 
-    def _recheck_later(self, task: Task, view: StepView) -> None:
+    def _recheck_later(self, task: Task, view: StepView, why: str = "") -> None:
         """A second copy of the message of a running step: a broker reconnect or the
         recovery sweep put one back while its attempt still runs. Acknowledging it could
         lose the step (if the running attempt's own message was the one put back and its
@@ -482,12 +506,14 @@ class StepRuntime:
             time.time() + self.recheck_s,
             _again(task, view),
         )
+        if not why:
+            attempt, worker = view.record.get("attempts"), view.record.get("worker")
+            why = f"attempt {attempt} still runs on {worker}"
         log.info(
-            "workflow %s step %s: attempt %s still runs on %s; this copy looks again in %ss",
+            "workflow %s step %s: %s; this copy looks again in %ss",
             view.workflow_id,
             view.step_id,
-            view.record.get("attempts"),
-            view.record.get("worker"),
+            why,
             self.recheck_s,
         )
 

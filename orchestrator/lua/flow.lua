@@ -6,8 +6,10 @@
 -- A limit is a JSON object {base, concurrency, rate, burst, failures, open_s, ordered}.
 -- Its keys: base..':state' (hash: tokens, ts, circuit, open_until, failures, probe,
 -- probe_until), ':holders' (zset: member -> lease expiry), ':owners' (hash: member ->
--- worker incarnation), ':queue' (zset: waiting member -> order score), ':parked' (hash:
--- member -> id of its message, kept in the delayed entries until a release wakes it).
+-- worker incarnation), ':claims' (hash: member -> the claim, one try of one copy of the
+-- step's message, that took the permit), ':queue' (zset: waiting member -> order score),
+-- ':parked' (hash: member -> id of its message, kept in the delayed entries until a
+-- release wakes it).
 -- A waiter with a due time (a token bucket's next token, a circuit's reopening) is in
 -- the delayed zset instead of ':parked', and keeps its place in ':queue' meanwhile.
 -- Key names travel in ARGV, so this runs on one Redis (not on a cluster).
@@ -20,11 +22,17 @@
 --            (submission order; other queues are in order of arrival), 8 message id,
 --            9 message JSON to publish when woken, 10 the same to publish when woken
 --            from a tenant's cap ('' = the same as 9): a tenant's step goes back in
---            line behind the other tenants' steps, others go to the front
+--            line behind the other tenants' steps, others go to the front,
+--            11 claim ('' = none), 12 the claim of the step's last attempt, whose
+--            permit this one may take over (it ended, or was lost)
 --            -> {'ok'} or {'wait', n (1-based limit), reason, due ('' = until woken),
 --                first member of that limit's queue, a holder of it}
+--                or {'held', n}: another claim of the same member, still alive, holds
+--                that permit (two copies of one step's message); nothing was changed
 --   release  4 member, 5 circuit verdict ('success', 'failure' or ''),
---            6 order score to wait again with in ordered queues ('' = none)  -> {'ok'}
+--            6 order score to wait again with in ordered queues ('' = none),
+--            7 claim: the permit goes back only if this claim holds it ('' = whoever
+--            holds it)                                                       -> {'ok'}
 --   expired  -> flat list of limit number, member, incarnation for each permit whose
 --               lease ran out or whose worker's heartbeat is gone
 --   reclaim  4 JSON array of [limit number, member]: take those permits back if still
@@ -221,9 +229,21 @@ local function expired(limit, member)
   return owner and redis.call('EXISTS', alive_prefix .. owner) == 0
 end
 
+-- Whether a claim other than ``claim`` (and ``replaces``) holds the member's permit and
+-- is alive. A step's copies are one member: a copy that shared the permit of another
+-- would run beside it uncounted, and its release would free the permit the other runs on.
+local function held_by_another(limit, member, claim, replaces)
+  if claim == '' or not redis.call('ZSCORE', key(limit, 'holders'), member) then
+    return false
+  end
+  local holder = redis.call('HGET', key(limit, 'claims'), member)
+  return holder and holder ~= claim and holder ~= replaces and not expired(limit, member)
+end
+
 local function take_back(limit, member)
   redis.call('ZREM', key(limit, 'holders'), member)
   redis.call('HDEL', key(limit, 'owners'), member)
+  redis.call('HDEL', key(limit, 'claims'), member)
   if num(limit.failures) then
     local circuit, _, prober = circuit_of(limit)
     if circuit == 'half_open' and prober == member then
@@ -266,6 +286,12 @@ end
 if op == 'acquire' then
   local member, incarnation, lease = ARGV[4], ARGV[5], tonumber(ARGV[6])
   local order = ARGV[7] ~= '' and tonumber(ARGV[7]) or now
+  local claim, replaces = ARGV[11] or '', ARGV[12] or ''
+  for i, limit in ipairs(limits) do
+    if num(limit.concurrency) and held_by_another(limit, member, claim, replaces) then
+      return {'held', i}
+    end
+  end
   local probes = {}
   local function score_in(limit)
     return limit.ordered and order or now
@@ -302,6 +328,11 @@ if op == 'acquire' then
     if num(limit.concurrency) then
       redis.call('ZADD', key(limit, 'holders'), now + lease, member)
       redis.call('HSET', key(limit, 'owners'), member, incarnation)
+      if claim ~= '' then
+        redis.call('HSET', key(limit, 'claims'), member, claim)
+      else
+        redis.call('HDEL', key(limit, 'claims'), member)
+      end
       redis.call('HSET', active, limit.base, cjson.encode(limit))
     end
     if num(limit.rate) then
@@ -317,10 +348,14 @@ if op == 'acquire' then
   end
   return {'ok'}
 elseif op == 'release' then
-  local member, verdict, again = ARGV[4], ARGV[5], ARGV[6]
+  local member, verdict, again, claim = ARGV[4], ARGV[5], ARGV[6], ARGV[7] or ''
   for _, limit in ipairs(limits) do
-    redis.call('ZREM', key(limit, 'holders'), member)
-    redis.call('HDEL', key(limit, 'owners'), member)
+    local holder = redis.call('HGET', key(limit, 'claims'), member)
+    if claim == '' or not holder or holder == claim then
+      redis.call('ZREM', key(limit, 'holders'), member)
+      redis.call('HDEL', key(limit, 'owners'), member)
+      redis.call('HDEL', key(limit, 'claims'), member)
+    end
     redis.call('ZREM', key(limit, 'queue'), member)
     unpark(limit, member)
     if num(limit.failures) then
