@@ -3,7 +3,9 @@
 Workers run on many hosts and come and go; scraping each of them would need service
 discovery and would lose what a killed worker counted. So the counts live in Redis,
 written by the Lua scripts that already record every transition (no round trip of their
-own): the ``{p}:metrics`` hash, whose fields are JSON arrays naming a series, such as
+own), except the run and wait times a worker measures itself and adds once a second
+(``workers.observations``): the ``{p}:metrics`` hash, whose fields are JSON arrays naming
+a series, such as
 ``["moved", "bulk", "queued", "running"]`` or ``["run", "shop.pay", 4]`` (a histogram bucket,
 stored one by one; summed up here). Whatever is cheaper to look at than to count (queue
 depths, the dead-letter queue, the oldest running step) is looked at here. Any
@@ -57,6 +59,15 @@ _HISTOGRAMS = {
 def series(*parts: str | int) -> str:
     """A field of the metrics hash, encoded as the Lua scripts' cjson encodes it."""
     return json.dumps(list(parts), separators=(",", ":"))
+
+
+def bucket_of(seconds: float) -> int:
+    """The histogram bucket (1-based, stored one by one) an observation falls in, as the
+    Lua scripts number them: the first bound it fits under; past the last, +Inf."""
+    for index, bound in enumerate(BUCKETS_S, start=1):
+        if seconds <= bound:
+            return index
+    return len(BUCKETS_S) + 1
 
 
 def count(store: StateStore, *parts: str | int) -> None:
@@ -126,7 +137,9 @@ class TreadleCollector(Collector):
                 if 0 <= index < len(counts):
                     counts[index] += value
             elif name.endswith("_sum") and name[:-4] in _HISTOGRAMS and len(parts) == 2:
-                sums[name[:-4]][str(parts[1])] = value
+                # += : a label may be stored under two spellings (cjson's and Python's).
+                label_sums = sums[name[:-4]]
+                label_sums[str(parts[1])] = label_sums.get(str(parts[1]), 0.0) + value
         for kind, (metric, doc, label) in _HISTOGRAMS.items():
             family = HistogramMetricFamily(metric, doc, labels=[label])
             for label_value, counts in sorted(buckets[kind].items()):

@@ -241,12 +241,17 @@ class StateStore:
         return text(wid), text(outcome) == "created"
 
     def apply(
-        self, workflow_id: str, changes: Sequence[Change], tail: str | None = None
+        self,
+        workflow_id: str,
+        changes: Sequence[Change],
+        tail: str | None = None,
+        measured: bool = False,
     ) -> Applied:
         """Apply ``changes`` atomically; raises Conflict if a target moved on meanwhile.
 
         ``tail`` is the audit tail the caller last saw (a guess; a stale guess costs one
-        more round trip, never a wrong chain).
+        more round trip, never a wrong chain). ``measured``: the caller observes the run
+        and wait times of the first change's step itself (``workers.observations``).
         """
         keys = [
             self.keys.workflow(workflow_id),
@@ -293,9 +298,8 @@ class StateStore:
                     change.delayed.encode() if change.delayed is not None else "",
                     _encode_letter(change.dead_letter),
                 ]
-            reply = self.run_script(
-                self._transition, keys=keys, args=[tail, prev, len(changes), token, *args]
-            )
+            head = [tail, prev, len(changes), token, "1" if measured else ""]
+            reply = self.run_script(self._transition, keys=keys, args=[*head, *args])
             status = text(reply[0])
             if status == "ok":
                 return Applied(

@@ -48,6 +48,17 @@ def test_metrics_follow_steps_retries_dead_letters_and_workflows(client: Client)
     )
     assert client.wait(ok, timeout_s=60)["state"] == "succeeded"
     assert client.wait(bad, timeout_s=60)["state"] == "failed"
+
+    def timed() -> bool:
+        # Workers add up their run and wait times and write them once a second.
+        by = grew(before, scrape(client))
+        return (
+            by("treadle_step_run_seconds_count", task="treadle.sleep") >= 1
+            and by("treadle_step_run_seconds_count", task="treadle.fail") >= 2
+            and by("treadle_step_wait_seconds_count", task="treadle.fail") >= 1
+        )
+
+    wait_until(timed, 10, "the workers' step timings to reach Redis")
     after = scrape(client)
     by = grew(before, after)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
-from celery.signals import before_task_publish
+from celery.signals import before_task_publish, worker_process_shutdown, worker_shutdown
 
 from config.celery_app import make_app
 from config.redis_client import connect
@@ -26,6 +26,7 @@ from orchestrator.store import Change, Conflict, StateStore
 from workers import poison
 from workers.fan_out import JOIN_TASK
 from workers.hooks import LogHook
+from workers.observations import Observations
 from workers.poison import describe
 from workers.registry import Registry, load_task_modules
 from workers.runtime import StepRuntime
@@ -50,9 +51,8 @@ class _PerProcess:
     def runtime(self) -> StepRuntime:
         if self._runtime is None or self._pid != os.getpid():
             client = connect(self.url, self.settings)
-            store = StateStore(
-                client, Keys(self.settings.key_prefix), state_ttl_s=self.settings.state_ttl_s
-            )
+            keys = Keys(self.settings.key_prefix)
+            store = StateStore(client, keys, state_ttl_s=self.settings.state_ttl_s)
             self._runtime = StepRuntime(
                 store,
                 self.registry,
@@ -62,9 +62,16 @@ class _PerProcess:
                 recheck_s=self.settings.worker_lost_after_s / 3,
                 flow=FlowControl(store, load_topology(self.settings.topology)),
                 inline_chain_s=self.settings.inline_chain_s,
+                observations=Observations(client, keys.metrics),
             )
             self._pid = os.getpid()
         return self._runtime
+
+    def close(self) -> None:
+        """Flush this process's step timings (it is shutting down)."""
+        runtime = self._runtime if self._pid == os.getpid() else None
+        if runtime is not None and runtime.observations is not None:
+            runtime.observations.close()
 
 
 def make_worker_app(settings: Settings, redis_url: str) -> Celery:
@@ -114,6 +121,13 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
             log.exception("could not record workflow %s step %s as queued", workflow_id, step_id)
 
     before_task_publish.connect(mark_queued, weak=False)
+
+    def flush_observations(**_: Any) -> None:
+        holder.close()
+
+    # A prefork child at its end, and the main process (solo and thread pools).
+    worker_process_shutdown.connect(flush_observations, weak=False)
+    worker_shutdown.connect(flush_observations, weak=False)
     tickets.use_by_default(lambda: holder.runtime.store)
     install_upkeep(app, settings, redis_url, incarnation)
     install_timer_sweep(app)

@@ -50,6 +50,7 @@ from workers.context import StepContext
 from workers.fan_out import fan_out, join
 from workers.gates import skip_reason
 from workers.hooks import StepCall, StepHook
+from workers.observations import Observations
 from workers.registry import Registry, TaskDefinition
 
 log = logging.getLogger("treadle.runtime")
@@ -71,6 +72,7 @@ class _Attempt:
     call: StepCall
     refusal: str | None = None  # the step cannot run (a broken condition): fail it
     limits: list[Limit] = field(default_factory=list)  # taken for this attempt
+    started_at: float = 0.0  # as recorded (wall clock), for its run time
     released: bool = False
     claim: str = ""  # names this attempt's hold on its limits ("": whoever holds them)
     tail: str | None = None  # the audit tail after its last record (a guess for the next)
@@ -101,6 +103,7 @@ class StepRuntime:
         recheck_s: float = 5.0,
         flow: FlowControl | None = None,
         inline_chain_s: float = 0.0,
+        observations: Observations | None = None,
     ):
         self.store = store
         self.registry = registry
@@ -109,6 +112,7 @@ class StepRuntime:
         self.recheck_s = recheck_s  # how soon a copy of a running step looks again
         self.flow = flow  # shared limits (resources, concurrency keys, tenant caps)
         self.inline_chain_s = inline_chain_s  # how long a delivery may run its chain in line
+        self.observations = observations  # run and wait times, if this runtime measures them
 
     def execute(self, task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
         """Run one step for the Celery task ``task``, then the next steps of its chain that
@@ -267,16 +271,24 @@ class StepRuntime:
             if refusal is None:
                 limits, refusal = self._take_limits(task, view, state, claim)
             worker = task.request.hostname or ""
+            start = self._start(task, view, state, attempt_no, worker, carrier, claim)
             try:
                 applied = self.store.apply(
                     workflow_id,
-                    [self._start(task, view, state, attempt_no, worker, carrier, claim)],
+                    [start],
                     tail=view.audit_tail,
+                    measured=self.observations is not None,
                 )
             except Conflict:
                 if limits and self.flow is not None:
                     self.flow.release(view, limits, claim=claim)
                 continue  # it moved on between our read and our write: look again
+            started_at = float(start.fields["started_at"])
+            if self.observations is not None and state in (StepState.queued, StepState.pending):
+                # From queued (its dependencies done) to started; a retry's wait is its
+                # backoff, not counted.
+                queued_at = float(view.record.get("queued_at") or started_at)
+                self.observations.wait(task.name, started_at - queued_at)
             call = StepCall(
                 workflow_id=workflow_id,
                 step_id=step_id,
@@ -285,7 +297,16 @@ class StepRuntime:
                 pool=view.pool,
                 worker=worker,
             )
-            return _Attempt(view, definition, call, refusal, limits, tail=applied.tail, claim=claim)
+            return _Attempt(
+                view,
+                definition,
+                call,
+                refusal,
+                limits,
+                started_at=started_at,
+                tail=applied.tail,
+                claim=claim,
+            )
         raise Ignore()
 
     def _park(self, task: Task, view: StepView) -> bool:
@@ -646,8 +667,14 @@ class StepRuntime:
             delayed=delayed,
             dead_letter=dead_letter,
         )
-        applied = self.store.apply(call.workflow_id, [change, *extra], tail=attempt.tail)
+        measured = self.observations is not None and attempt.started_at > 0
+        applied = self.store.apply(
+            call.workflow_id, [change, *extra], tail=attempt.tail, measured=measured
+        )
         attempt.tail = applied.tail
+        if measured and self.observations is not None:
+            ended = float(fields.get("finished_at") or time.time())
+            self.observations.run(call.task, ended - attempt.started_at)
         return applied
 
     def fail_killed(
@@ -678,7 +705,11 @@ class StepRuntime:
             self._fail(
                 task,
                 _Attempt(
-                    view, definition, call, limits=self.flow.held_by(view) if self.flow else []
+                    view,
+                    definition,
+                    call,
+                    limits=self.flow.held_by(view) if self.flow else [],
+                    started_at=float(view.record.get("started_at") or 0),
                 ),
                 TimeLimitExceeded(error),
                 time.time() - started,

@@ -22,12 +22,15 @@
 -- to state (the steps now in each state are what came in less what left), run time
 -- (running -> ended or retrying) and wait (queued -> running) per task and workflow
 -- latency per class as histograms, retries per task, and which steps run since when.
+-- A worker measures the run and wait of its own step (the batch's first) itself and adds
+-- them up in memory (workers.observations): two histogram writes per transition saved.
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
 --       6 definitions hash, 7 delayed zset, 8 delayed entries hash, 9 dead letters hash,
 --       10 dead letters by time, 11 outstanding counts hash, 12 metrics hash,
 --       13 running steps zset ("<class> <workflow key> <step>" -> when its attempt started)
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N,
---       4 the batch's token, then N times:
+--       4 the batch's token, 5 '1' if the caller measures the first target's run and wait
+--       itself (else ''), then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
 --       fields to merge (JSON object), audit record (JSON text), result (JSON text or ''),
 --       dependents to release (JSON array or ''), definition of a created step (or ''),
@@ -47,8 +50,9 @@ local WORKFLOW_FINAL = {succeeded=true, failed=true, cancelled=true, compensated
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local defs, delayed, entries, letters, letters_by_time = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local outstanding, metrics, running = KEYS[11], KEYS[12], KEYS[13]
-local WIDTH, FIRST = 10, 5
+local WIDTH, FIRST = 10, 6
 local token = ARGV[4]
+local caller_measures = ARGV[5] == '1'
 -- Redis takes at most this many values in one call from a script (Lua's unpack limit).
 local CHUNK = 4000
 -- Upper bounds of the histograms' buckets, in seconds: keep in step with
@@ -137,7 +141,8 @@ local function task_of(target, audit_json)
 end
 
 -- ``started`` is the start of a new attempt (its record's started_at), else nil.
-local function measure_step(target, old, new, record, started, audit_json)
+-- ``timed``: whether to observe its run and wait here (not if its caller does).
+local function measure_step(target, old, new, record, started, audit_json, timed)
   if old ~= new then
     -- One count per move, not one out of ``old`` and one into ``new``: the reader adds up
     -- what came into a state and takes off what left it (orchestrator.metrics).
@@ -149,7 +154,7 @@ local function measure_step(target, old, new, record, started, audit_json)
     running_del[member] = nil
     running_add[member] = started
     local queued = tonumber(record['queued_at'])
-    if queued and (old == 'queued' or old == 'pending') then
+    if timed and queued and (old == 'queued' or old == 'pending') then
       -- From queued (its dependencies done) to started; a retry's wait is its backoff.
       observe('wait', task_of(target, audit_json), started - queued)
     end
@@ -157,9 +162,11 @@ local function measure_step(target, old, new, record, started, audit_json)
     running_add[member] = nil
     running_del[member] = true
     local began = tonumber(record['started_at'])
-    if began and (TERMINAL[new] or new == 'retrying') then
+    if began and (TERMINAL[new] or new == 'retrying') and (timed or new == 'retrying') then
       local task = task_of(target, audit_json)
-      observe('run', task, (tonumber(record['finished_at']) or clock()) - began)
+      if timed then
+        observe('run', task, (tonumber(record['finished_at']) or clock()) - began)
+      end
       if new == 'retrying' then
         count({'retries', task})
       end
@@ -287,7 +294,8 @@ for i = 0, n - 1 do
       table.insert(record_order, target)
     end
     records[target] = record
-    measure_step(target, old, new, record, tonumber(fields['started_at']), ARGV[base + 4])
+    measure_step(target, old, new, record, tonumber(fields['started_at']), ARGV[base + 4],
+                 i > 0 or not caller_measures)
     if ARGV[base + 7] ~= '' then
       table.insert(defs_set, target)
       table.insert(defs_set, ARGV[base + 7])
