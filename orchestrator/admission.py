@@ -4,7 +4,8 @@ waiting for a limit or a retry). The refusal says when to try again: the excess 
 the watermark divided by how fast the class has been finishing steps lately.
 
 The counts are kept by ``lua/transition.lua`` with every state change, so reading them
-costs one round trip.
+costs one round trip. How many steps a class has finished is read from the metrics'
+moves (``orchestrator.metrics``) rather than counted a second time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from config.topology import PRIORITY_ORDER, Topology
 from orchestrator import metrics
 from orchestrator.errors import Refused
+from orchestrator.states import STEP_FINAL, StepState
 from orchestrator.store import StateStore, text
 
 MIN_RETRY_AFTER_S = 1
@@ -27,6 +29,9 @@ UNKNOWN_RATE_RETRY_AFTER_S = 5
 # enough to follow a change of load.
 RATE_WINDOW_S = 30.0
 MIN_SAMPLE_S = 2.0
+# Out of these into a final state is a step finished (as the outstanding count has it).
+_OUTSTANDING = (StepState.queued, StepState.running, StepState.retrying)
+_FINISHES = [(old.value, new.value) for old in _OUTSTANDING for new in sorted(STEP_FINAL)]
 
 
 @dataclass(frozen=True)
@@ -92,30 +97,40 @@ class Admission:
             retry_after_s=wait,
         )
 
+    def finished(self, klasses: list[str]) -> dict[str, int]:
+        """How many steps of each class have finished so far (out of queued, running or
+        retrying into a final state)."""
+        fields = [metrics.series("moved", k, old, new) for k in klasses for old, new in _FINISHES]
+        values = self.store.redis.hmget(self.store.keys.metrics, fields)
+        width = len(_FINISHES)
+        return {
+            k: sum(int(v or 0) for v in values[i * width : (i + 1) * width])
+            for i, k in enumerate(klasses)
+        }
+
     def _finished_per_s(self, klass: str) -> float | None:
         """Steps of the class finished per second, measured from a sample of its
         finished count taken between one and two RATE_WINDOW_S ago (see ``sample``)."""
-        done_raw, sample_raw = self.store.redis.hmget(
-            self.store.keys.outstanding, f"done:{klass}", f"sample:{klass}"
-        )
+        sample_raw = self.store.redis.hget(self.store.keys.outstanding, f"sample:{klass}")
         if not sample_raw:
             return None
         then, then_done = text(sample_raw).split()[:2]
         elapsed = time.time() - float(then)
         if elapsed < MIN_SAMPLE_S:
             return None
-        return (int(done_raw or 0) - int(then_done)) / elapsed
+        return (self.finished([klass])[klass] - int(then_done)) / elapsed
 
     def sample(self) -> None:
         """Keep two samples of each class's finished count, the newer at most
         RATE_WINDOW_S old; called on a timer by every worker's upkeep."""
         redis, key = self.store.redis, self.store.keys.outstanding
         now = time.time()
-        fields = [f for klass in PRIORITY_ORDER for f in (f"done:{klass}", f"sample:{klass}")]
-        values = redis.hmget(key, fields)
+        klasses = [klass.value for klass in PRIORITY_ORDER]
+        finished = self.finished(klasses)
+        values = redis.hmget(key, [f"sample:{klass}" for klass in klasses])
         updates = {}
-        for i, klass in enumerate(PRIORITY_ORDER):
-            done, sample = int(values[2 * i] or 0), text(values[2 * i + 1] or b"").split()
+        for klass, raw in zip(klasses, values, strict=True):
+            done, sample = finished[klass], text(raw or b"").split()
             if len(sample) == 4 and now - float(sample[2]) < RATE_WINDOW_S:
                 continue
             newer = sample[2:] if len(sample) == 4 else [repr(now), str(done)]

@@ -10,13 +10,15 @@
 {p}:idem:{key}         string workflow id submitted under an idempotency key
 {p}:seq                string submission counter (orders steps that share a concurrency key)
 {p}:outstanding        hash   class -> steps queued, running or retrying (admission control);
-                              done:<class> -> steps of that class ever finished
+                              parked:<class> -> steps of parked workflows;
+                              sample:<class> -> two samples of its finished count (the rate)
 {p}:<kind>:<name>:*    a shared limit (see orchestrator.flow): kind is res (a topology
                        resource), key (a concurrency key value) or tenant (<class>:<tenant>)
 {p}:limits:active      set    base keys of limits with holders, waiters or an open circuit
 {p}:metrics            hash   counters and histogram buckets, fields JSON arrays such as
                               ["moved", class, from, to] or ["run", task, bucket] (see
-                              orchestrator.metrics, written by the Lua scripts)
+                              orchestrator.metrics; written by the Lua scripts and,
+                              for run and wait times, workers.observations)
 {p}:running            zset   "<class> <workflow key> <step>" -> when its attempt started
 {p}:lent               hash   worker node -> its loan (JSON: home class, the class it helps,
                               since): workers told to also consume a busy queue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 
@@ -156,3 +157,33 @@ def test_the_sample_alert_rules_use_only_metrics_treadle_serves(client: Client) 
         used = set(re.findall(r"\btreadle_[a-z_]+\b", expr))
         assert used, expr
         assert used <= served, f"{expr}: {sorted(used - served)} not served"
+
+
+def test_admission_reads_the_finished_count_and_rate_from_the_moves(client: Client) -> None:
+    admission = client.orchestrator.admission
+    before = admission.finished(["default", "bulk"])
+    workflow = client.submit(
+        {
+            "name": "finished-count",
+            "steps": [
+                {"id": "a", "task": "treadle.noop"},
+                {"id": "b", "task": "treadle.noop"},
+                {"id": "c", "task": "treadle.fail", "args": {"times": 5}},
+            ],
+        }
+    )
+    assert client.wait(workflow, timeout_s=60)["state"] == "failed"
+    after = admission.finished(["default", "bulk"])
+    # Two succeeded and one dead-lettered, all of the default class.
+    assert after == {"default": before["default"] + 3, "bulk": before["bulk"]}
+    # A sample ten seconds old (the newer one a second old, so upkeep leaves it be): the
+    # rate is what finished since, over those ten seconds.
+    now = time.time()
+    store = client.orchestrator.store
+    store.redis.hset(
+        store.keys.outstanding,
+        "sample:default",
+        f"{now - 10} {before['default']} {now - 1} {before['default']}",
+    )
+    rate = admission._finished_per_s("default")
+    assert rate == pytest.approx(3 / 10, rel=0.05)

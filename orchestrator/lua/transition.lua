@@ -16,8 +16,8 @@
 -- connection, whose first try did run): its first target keeps the batch's token, and a
 -- repeat that finds it there answers as the first try did instead of failing its checks.
 -- It also keeps, per priority class (the workflow's), the count of outstanding steps
--- (queued, running or retrying) that admission control reads, and of finished ones. A
--- parked workflow's steps are not outstanding: parking takes them out of the count.
+-- (queued, running or retrying) that admission control reads (how many finished, it reads
+-- from the moves counted for the metrics). A parked workflow's steps are not outstanding: parking takes them out of the count.
 -- And the metrics (orchestrator.metrics reads them): steps moved per class, from state
 -- to state (the steps now in each state are what came in less what left), run time
 -- (running -> ended or retrying) and wait (queued -> running) per task and workflow
@@ -313,9 +313,6 @@ for i = 0, n - 1 do
     local delta = (OUTSTANDING[new] or 0) - (OUTSTANDING[old] or 0)
     if delta ~= 0 and wf_state ~= 'parked' then
       add(outstanding_add, class, delta)
-      if delta < 0 and TERMINAL[new] then
-        add(outstanding_add, 'done:' .. class, 1)
-      end
     end
     if FAILED[new] and not FAILED[old] then
       failed = failed + 1
