@@ -19,7 +19,6 @@
                               ["moved", class, from, to] or ["run", task, bucket] (see
                               orchestrator.metrics; written by the Lua scripts and,
                               for run and wait times, workers.observations)
-{p}:running            zset   "<class> <workflow key> <step>" -> when its attempt started
 {p}:lent               hash   worker node -> its loan (JSON: home class, the class it helps,
                               since): workers told to also consume a busy queue
 {p}:queue_watch:lock   string held by the one orchestrator deciding loans this round
@@ -91,7 +90,8 @@ class Keys:
         return f"{self.prefix}:idem:{key}"
 
     def alive(self, incarnation: str) -> str:
-        """Exists while the worker process ``incarnation`` (one life of a worker) runs."""
+        """Exists while the worker process ``incarnation`` (one life of a worker) runs;
+        holds its last heartbeat (``orchestrator.heartbeats``)."""
         return f"{self.prefix}:alive:{incarnation}"
 
     @property
@@ -127,10 +127,6 @@ class Keys:
     @property
     def metrics(self) -> str:
         return f"{self.prefix}:metrics"
-
-    @property
-    def running(self) -> str:
-        return f"{self.prefix}:running"
 
     @property
     def limits_active(self) -> str:

@@ -5,11 +5,10 @@ discovery and would lose what a killed worker counted. So the counts live in Red
 written by the Lua scripts that already record every transition (no round trip of their
 own), except the run and wait times a worker measures itself and adds once a second
 (``workers.observations``): the ``{p}:metrics`` hash, whose fields are JSON arrays naming
-a series, such as
-``["moved", "bulk", "queued", "running"]`` or ``["run", "shop.pay", 4]`` (a histogram bucket,
-stored one by one; summed up here). Whatever is cheaper to look at than to count (queue
-depths, the dead-letter queue, the oldest running step) is looked at here. Any
-orchestrator replica serves the same numbers.
+a series, such as ``["moved", "bulk", "queued", "running"]`` or ``["run", "shop.pay", 4]``
+(a histogram bucket, stored one by one; summed up here). Whatever is cheaper to look at
+than to count (queue depths, the dead-letter queue, the oldest running step in the
+workers' heartbeats) is looked at here. Any orchestrator replica serves the same numbers.
 """
 
 from __future__ import annotations
@@ -31,9 +30,9 @@ from prometheus_client.registry import Collector
 
 from config.queues import queue_for
 from config.topology import PRIORITY_ORDER, Topology
-from orchestrator import tickets
+from orchestrator import heartbeats, tickets
 from orchestrator.states import STEP_FINAL
-from orchestrator.store import StateStore, text
+from orchestrator.store import StateStore
 
 # Upper bounds of the histograms' buckets, in seconds, as ``lua/transition.lua`` has them.
 BUCKETS_S = (
@@ -232,17 +231,12 @@ class TreadleCollector(Collector):
         return max(now - float(queued), 0.0) if queued else 0.0
 
     def _running(self, now: float) -> Iterator[Metric]:
-        oldest: dict[str, float] = {}
-        members: list[tuple[bytes, float]] = self.store.redis.zrange(  # type: ignore[assignment]
-            self.store.keys.running, 0, -1, withscores=True
-        )
-        for member, score in members:
-            klass = text(member).split(" ", 1)[0]
-            oldest[klass] = min(oldest.get(klass, score), score)
+        oldest = heartbeats.oldest_running(self.store)
         firsts = [oldest.get(klass.value) for klass in PRIORITY_ORDER]
         yield _per_class(
             "treadle_oldest_running_seconds",
-            "How long the longest-running step attempt of each class has been running.",
+            "How long the longest-running step of each class has been running, as the "
+            "workers' last heartbeats tell (every worker_lost_after_s / 3).",
             [max(now - first, 0.0) if first else 0.0 for first in firsts],
         )
 

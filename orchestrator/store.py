@@ -266,7 +266,6 @@ class StateStore:
             self.keys.dead_letters_by_time,
             self.keys.outstanding,
             self.keys.metrics,
-            self.keys.running,
         ]
         if tail is None:
             tail = text(self._guard(lambda: self.redis.hget(keys[0], "audit_tail")) or b"")

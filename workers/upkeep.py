@@ -17,10 +17,12 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps, signature
+from celery.worker import state as worker_state
 
 from config.redis_client import connect
 from config.settings import Settings
 from config.topology import Topology, load_topology
+from orchestrator import heartbeats
 from orchestrator.admission import Admission
 from orchestrator.delays import DelayedMessages
 from orchestrator.flow import FlowControl
@@ -89,9 +91,12 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation:
 
             def beat() -> None:
                 # Registered with every beat, so the sweep notices when the beats stop.
+                said = heartbeats.beat(_oldest_running())
                 with client.pipeline(transaction=False) as pipe:
                     pipe.set(
-                        keys.alive(incarnation), 1, ex=max(1, int(settings.worker_lost_after_s))
+                        keys.alive(incarnation),
+                        said,
+                        ex=max(1, int(settings.worker_lost_after_s)),
                     )
                     pipe.sadd(keys.incarnations, incarnation)
                     pipe.execute()
@@ -125,6 +130,15 @@ def install_upkeep(app: Celery, settings: Settings, redis_url: str, incarnation:
 
     app.steps["worker"].add(Upkeep)
     app.steps["consumer"].add(_reconnect_watch(settings, redis_url, keys))
+
+
+def _oldest_running() -> dict[str, float]:
+    """When the oldest step this worker runs started, per class (Celery's requests that
+    a pool process has accepted, by the queue they came from)."""
+    return heartbeats.oldest_of(
+        ((r.delivery_info or {}).get("routing_key"), r.time_start)
+        for r in list(worker_state.active_requests)
+    )
 
 
 def _quietly(what: str, duty: Callable[[], object]) -> Callable[[], None]:

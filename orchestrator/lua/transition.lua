@@ -21,13 +21,13 @@
 -- And the metrics (orchestrator.metrics reads them): steps moved per class, from state
 -- to state (the steps now in each state are what came in less what left), run time
 -- (running -> ended or retrying) and wait (queued -> running) per task and workflow
--- latency per class as histograms, retries per task, and which steps run since when.
+-- latency per class as histograms, and retries per task. (How long the oldest step has
+-- run, workers tell with their heartbeats: orchestrator.heartbeats.)
 -- A worker measures the run and wait of its own step (the batch's first) itself and adds
 -- them up in memory (workers.observations): two histogram writes per transition saved.
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
 --       6 definitions hash, 7 delayed zset, 8 delayed entries hash, 9 dead letters hash,
---       10 dead letters by time, 11 outstanding counts hash, 12 metrics hash,
---       13 running steps zset ("<class> <workflow key> <step>" -> when its attempt started)
+--       10 dead letters by time, 11 outstanding counts hash, 12 metrics hash
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N,
 --       4 the batch's token, 5 '1' if the caller measures the first target's run and wait
 --       itself (else ''), then N times:
@@ -49,7 +49,7 @@ local OUTSTANDING = {queued=1, running=1, retrying=1}
 local WORKFLOW_FINAL = {succeeded=true, failed=true, cancelled=true, compensated=true}
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local defs, delayed, entries, letters, letters_by_time = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local outstanding, metrics, running = KEYS[11], KEYS[12], KEYS[13]
+local outstanding, metrics = KEYS[11], KEYS[12]
 local WIDTH, FIRST = 10, 6
 local token = ARGV[4]
 local caller_measures = ARGV[5] == '1'
@@ -70,7 +70,6 @@ local done, total, failed = tonumber(head[4]) or 0, tonumber(head[5]) or 0, tonu
 local wf_set = {}
 local records, record_order = {}, {}
 local audit_records, results_set, defs_set = {}, {}, {}
-local running_add, running_del = {}, {}
 local metric_add, metric_float, outstanding_add = {}, {}, {}
 
 local function add(into, field, by)
@@ -148,19 +147,13 @@ local function measure_step(target, old, new, record, started, audit_json, timed
     -- what came into a state and takes off what left it (orchestrator.metrics).
     count({'moved', class, old, new})
   end
-  local member = class .. ' ' .. wf .. ' ' .. target
   if new == 'running' and started then
-    -- A new attempt (also one after a lost attempt: running -> running) runs from now.
-    running_del[member] = nil
-    running_add[member] = started
     local queued = tonumber(record['queued_at'])
     if timed and queued and (old == 'queued' or old == 'pending') then
       -- From queued (its dependencies done) to started; a retry's wait is its backoff.
       observe('wait', task_of(target, audit_json), started - queued)
     end
   elseif old == 'running' and new ~= 'running' then
-    running_add[member] = nil
-    running_del[member] = true
     local began = tonumber(record['started_at'])
     if began and (TERMINAL[new] or new == 'retrying') and (timed or new == 'retrying') then
       local task = task_of(target, audit_json)
@@ -385,20 +378,6 @@ if #results_set > 0 then
   many('HSET', results, results_set)
 end
 many('RPUSH', audit, audit_records)
-local zadd, zrem = {}, {}
-for member, started in pairs(running_add) do
-  table.insert(zadd, started)
-  table.insert(zadd, member)
-end
-for member in pairs(running_del) do
-  table.insert(zrem, member)
-end
-if #zadd > 0 then
-  many('ZADD', running, zadd)
-end
-if #zrem > 0 then
-  many('ZREM', running, zrem)
-end
 for field, by in pairs(outstanding_add) do
   if by ~= 0 then
     redis.call('HINCRBY', outstanding, field, by)
