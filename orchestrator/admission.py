@@ -3,9 +3,11 @@ its priority class already has ``high`` or more outstanding steps (queued, runni
 waiting for a limit or a retry). The refusal says when to try again: the excess over
 the watermark divided by how fast the class has been finishing steps lately.
 
-The counts are kept by ``lua/transition.lua`` with every state change, so reading them
-costs one round trip. How many steps a class has finished is read from the metrics'
-moves (``orchestrator.metrics``) rather than counted a second time.
+The counts are the metrics' moves (``["moved", class, from, to]``, which
+``lua/transition.lua`` counts with every state change): outstanding is what moved into
+those states less what moved out, less the steps of parked workflows (which the script
+keeps apart); finished is what moved out of them into a final state. Reading them costs
+one round trip, and no step pays a write for them that the metrics do not pay already.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from config.topology import PRIORITY_ORDER, Topology
 from orchestrator import metrics
 from orchestrator.errors import Refused
-from orchestrator.states import STEP_FINAL, StepState
 from orchestrator.store import StateStore, text
 
 MIN_RETRY_AFTER_S = 1
@@ -29,9 +30,6 @@ UNKNOWN_RATE_RETRY_AFTER_S = 5
 # enough to follow a change of load.
 RATE_WINDOW_S = 30.0
 MIN_SAMPLE_S = 2.0
-# Out of these into a final state is a step finished (as the outstanding count has it).
-_OUTSTANDING = (StepState.queued, StepState.running, StepState.retrying)
-_FINISHES = [(old.value, new.value) for old in _OUTSTANDING for new in sorted(STEP_FINAL)]
 
 
 @dataclass(frozen=True)
@@ -71,12 +69,11 @@ class Admission:
         self.topology = topology
 
     def loads(self) -> dict[str, Load]:
-        fields = [f for k in PRIORITY_ORDER for f in (k.value, f"parked:{k.value}")]
-        raw = self.store.redis.hmget(self.store.keys.outstanding, fields)
+        counts = metrics.outstanding_counts(self.store)
         out = {}
-        for i, klass in enumerate(PRIORITY_ORDER):
+        for klass in PRIORITY_ORDER:
             watermark = self.topology.admission_of(klass)
-            outstanding, parked = (max(int(v or 0), 0) for v in raw[2 * i : 2 * i + 2])
+            outstanding, parked = counts[klass.value]
             out[klass.value] = Load(
                 klass.value, outstanding, watermark.high, watermark.low_mark, parked
             )
@@ -97,17 +94,6 @@ class Admission:
             retry_after_s=wait,
         )
 
-    def finished(self, klasses: list[str]) -> dict[str, int]:
-        """How many steps of each class have finished so far (out of queued, running or
-        retrying into a final state)."""
-        fields = [metrics.series("moved", k, old, new) for k in klasses for old, new in _FINISHES]
-        values = self.store.redis.hmget(self.store.keys.metrics, fields)
-        width = len(_FINISHES)
-        return {
-            k: sum(int(v or 0) for v in values[i * width : (i + 1) * width])
-            for i, k in enumerate(klasses)
-        }
-
     def _finished_per_s(self, klass: str) -> float | None:
         """Steps of the class finished per second, measured from a sample of its
         finished count taken between one and two RATE_WINDOW_S ago (see ``sample``)."""
@@ -118,7 +104,7 @@ class Admission:
         elapsed = time.time() - float(then)
         if elapsed < MIN_SAMPLE_S:
             return None
-        return (self.finished([klass])[klass] - int(then_done)) / elapsed
+        return (metrics.finished_counts(self.store, [klass])[klass] - int(then_done)) / elapsed
 
     def sample(self) -> None:
         """Keep two samples of each class's finished count, the newer at most
@@ -126,7 +112,7 @@ class Admission:
         redis, key = self.store.redis, self.store.keys.outstanding
         now = time.time()
         klasses = [klass.value for klass in PRIORITY_ORDER]
-        finished = self.finished(klasses)
+        finished = metrics.finished_counts(self.store, klasses)
         values = redis.hmget(key, [f"sample:{klass}" for klass in klasses])
         updates = {}
         for klass, raw in zip(klasses, values, strict=True):

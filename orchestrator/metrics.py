@@ -31,13 +31,21 @@ from prometheus_client.registry import Collector
 from config.queues import queue_for
 from config.topology import PRIORITY_ORDER, Topology
 from orchestrator import heartbeats, tickets
-from orchestrator.states import STEP_FINAL
+from orchestrator.states import STEP_FINAL, StepState
 from orchestrator.store import StateStore
 
 # Upper bounds of the histograms' buckets, in seconds, as ``lua/transition.lua`` has them.
 BUCKETS_S = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
 )  # fmt: skip
+
+# Steps that are load: admission control's outstanding count (orchestrator.admission).
+_OUTSTANDING = frozenset({StepState.queued, StepState.running, StepState.retrying})
+_OTHERS = ["", *(s.value for s in StepState if s not in _OUTSTANDING)]  # "": not yet a step
+# Moves that add to the outstanding count, that take from it, and that finish a step.
+_INTO = [(old, new.value) for old in _OTHERS for new in sorted(_OUTSTANDING)]
+_OUT_OF = [(old.value, new) for old in sorted(_OUTSTANDING) for new in _OTHERS if new]
+_FINISHES = [(old.value, new.value) for old in sorted(_OUTSTANDING) for new in sorted(STEP_FINAL)]
 
 _HISTOGRAMS = {
     "run": ("treadle_step_run_seconds", "Run time of step attempts, per task.", "task"),
@@ -67,6 +75,36 @@ def bucket_of(seconds: float) -> int:
         if seconds <= bound:
             return index
     return len(BUCKETS_S) + 1
+
+
+def outstanding_counts(store: StateStore) -> dict[str, tuple[int, int]]:
+    """Per class: steps queued, running or retrying (parked workflows' left out), and the
+    parked workflows' ones."""
+    klasses = [klass.value for klass in PRIORITY_ORDER]
+    moves = [series("moved", k, a, b) for k in klasses for a, b in (*_INTO, *_OUT_OF)]
+    with store.redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(store.keys.metrics, moves)
+        pipe.hmget(store.keys.outstanding, [f"parked:{k}" for k in klasses])
+        moved, parked = pipe.execute()
+    width, into = len(_INTO) + len(_OUT_OF), len(_INTO)
+    out = {}
+    for i, klass in enumerate(klasses):
+        row = [int(v or 0) for v in moved[i * width : (i + 1) * width]]
+        held = max(int(parked[i] or 0), 0)
+        out[klass] = (max(sum(row[:into]) - sum(row[into:]) - held, 0), held)
+    return out
+
+
+def finished_counts(store: StateStore, klasses: list[str]) -> dict[str, int]:
+    """How many steps of each class have finished so far (out of queued, running or
+    retrying into a final state)."""
+    fields = [series("moved", k, old, new) for k in klasses for old, new in _FINISHES]
+    values = store.redis.hmget(store.keys.metrics, fields)
+    width = len(_FINISHES)
+    return {
+        k: sum(int(v or 0) for v in values[i * width : (i + 1) * width])
+        for i, k in enumerate(klasses)
+    }
 
 
 def count(store: StateStore, *parts: str | int) -> None:
@@ -241,18 +279,17 @@ class TreadleCollector(Collector):
         )
 
     def _load(self) -> Iterator[Metric]:
-        fields = [f for k in PRIORITY_ORDER for f in (k.value, f"parked:{k.value}")]
-        raw = self.store.redis.hmget(self.store.keys.outstanding, fields)
-        classes = range(len(PRIORITY_ORDER))
+        load = outstanding_counts(self.store)
+        counts = [load[k.value] for k in PRIORITY_ORDER]
         yield _per_class(
             "treadle_outstanding_steps",
             "Steps queued, running or retrying, per class (what admission control counts).",
-            [max(float(raw[2 * i] or 0), 0.0) for i in classes],
+            [float(outstanding) for outstanding, _ in counts],
         )
         yield _per_class(
             "treadle_parked_steps",
             "Steps of parked workflows, per class.",
-            [max(float(raw[2 * i + 1] or 0), 0.0) for i in classes],
+            [float(parked) for _, parked in counts],
         )
         yield _per_class(
             "treadle_admission_high",

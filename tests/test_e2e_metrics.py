@@ -161,7 +161,7 @@ def test_the_sample_alert_rules_use_only_metrics_treadle_serves(client: Client) 
 
 def test_admission_reads_the_finished_count_and_rate_from_the_moves(client: Client) -> None:
     admission = client.orchestrator.admission
-    before = admission.finished(["default", "bulk"])
+    before = metrics.finished_counts(client.orchestrator.store, ["default", "bulk"])
     workflow = client.submit(
         {
             "name": "finished-count",
@@ -173,7 +173,7 @@ def test_admission_reads_the_finished_count_and_rate_from_the_moves(client: Clie
         }
     )
     assert client.wait(workflow, timeout_s=60)["state"] == "failed"
-    after = admission.finished(["default", "bulk"])
+    after = metrics.finished_counts(client.orchestrator.store, ["default", "bulk"])
     # Two succeeded and one dead-lettered, all of the default class.
     assert after == {"default": before["default"] + 3, "bulk": before["bulk"]}
     # A sample ten seconds old (the newer one a second old, so upkeep leaves it be): the

@@ -15,9 +15,10 @@
 -- A batch is applied once even if its call is repeated (a client retrying after a lost
 -- connection, whose first try did run): its first target keeps the batch's token, and a
 -- repeat that finds it there answers as the first try did instead of failing its checks.
--- It also keeps, per priority class (the workflow's), the count of outstanding steps
--- (queued, running or retrying) that admission control reads (how many finished, it reads
--- from the moves counted for the metrics). A parked workflow's steps are not outstanding: parking takes them out of the count.
+-- Admission control counts a class's outstanding steps (queued, running or retrying) and
+-- how many finished from the moves counted for the metrics (orchestrator.admission). A
+-- parked workflow's steps are not outstanding: the count of them is kept here, per class
+-- (the workflow's), in the outstanding hash, and taken off.
 -- And the metrics (orchestrator.metrics reads them): steps moved per class, from state
 -- to state (the steps now in each state are what came in less what left), run time
 -- (running -> ended or retrying) and wait (queued -> running) per task and workflow
@@ -27,7 +28,7 @@
 -- them up in memory (workers.observations): two histogram writes per transition saved.
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
 --       6 definitions hash, 7 delayed zset, 8 delayed entries hash, 9 dead letters hash,
---       10 dead letters by time, 11 outstanding counts hash, 12 metrics hash
+--       10 dead letters by time, 11 outstanding hash (parked counts), 12 metrics hash
 -- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N,
 --       4 the batch's token, 5 '1' if the caller measures the first target's run and wait
 --       itself (else ''), then N times:
@@ -256,11 +257,10 @@ for i = 0, n - 1 do
     if (new == 'parked') ~= (old == 'parked') then
       -- Parked steps are no load, but they still count against the class's watermark.
       local parked = outstanding_steps()
-      if new == 'parked' then
+      if new ~= 'parked' then
         parked = -parked
       end
-      add(outstanding_add, class, parked)
-      add(outstanding_add, 'parked:' .. class, -parked)
+      add(outstanding_add, 'parked:' .. class, parked)
     end
     wf_state = new
     set_wf('state', new)
@@ -304,8 +304,9 @@ for i = 0, n - 1 do
       done = done + 1
     end
     local delta = (OUTSTANDING[new] or 0) - (OUTSTANDING[old] or 0)
-    if delta ~= 0 and wf_state ~= 'parked' then
-      add(outstanding_add, class, delta)
+    if delta ~= 0 and wf_state == 'parked' then
+      -- Counted as a move all the same: the parked count keeps it off the load.
+      add(outstanding_add, 'parked:' .. class, delta)
     end
     if FAILED[new] and not FAILED[old] then
       failed = failed + 1
