@@ -20,6 +20,7 @@ import redis
 from orchestrator import audit
 from orchestrator.compiler import Compiled, to_json
 from orchestrator.dag import graph_of
+from orchestrator.definitions import DefinitionCache
 from orchestrator.errors import NotFound, Unreachable
 from orchestrator.keys import Keys
 from orchestrator.limits import ORDER_STRIDE
@@ -149,10 +150,18 @@ def waiting_counts(defs: Mapping[str, Mapping[str, Any]], compiled: Compiled) ->
 
 
 class StateStore:
-    def __init__(self, client: redis.Redis, keys: Keys, *, state_ttl_s: int = 30 * 86400):
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        state_ttl_s: int = 30 * 86400,
+        definitions: DefinitionCache | None = None,
+    ):
         self.redis = client
         self.keys = keys
         self.state_ttl_s = state_ttl_s
+        self.definitions = definitions  # kept between steps (a worker's store), or None
         self._create = client.register_script(lua_script("create_workflow.lua"))
         self._transition = client.register_script(lua_script("transition.lua"))
         self._park = client.register_script(lua_script("park_message.lua"))
@@ -319,8 +328,14 @@ class StateStore:
     def load_step(self, workflow_id: str, step_id: str) -> StepView:
         """The step's definition and record, its workflow, and its dependencies' results."""
         k = self.keys
+        cache = self.definitions
+        kept = cache.get(workflow_id, None, step_id) if cache is not None else None
+        read_all = kept is None and cache is not None and cache.wants_all(workflow_id)
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(k.defs(workflow_id), step_id)
+            if read_all:
+                pipe.hgetall(k.defs(workflow_id))
+            elif kept is None:
+                pipe.hget(k.defs(workflow_id), step_id)
             pipe.hget(k.steps(workflow_id), step_id)
             pipe.hmget(
                 k.workflow(workflow_id),
@@ -332,7 +347,10 @@ class StateStore:
                 "tenant",
                 "seq",
             )
-            raw_def, raw_record, wf = self.execute(pipe)
+            replies = self.execute(pipe)
+        raw_record, wf = replies[-2:]
+        sequence = int(wf[6] or 0)
+        raw_def = self._definition(workflow_id, step_id, sequence, kept, replies[0], read_all)
         if raw_def is None or raw_record is None or wf[0] is None:
             raise NotFound(f"workflow {workflow_id} has no step {step_id!r}")
         definition = json.loads(raw_def)
@@ -363,6 +381,34 @@ class StateStore:
             tenant=text(wf[5]),
             sequence=int(wf[6] or 0),
         )
+
+    def _definition(
+        self,
+        workflow_id: str,
+        step_id: str,
+        sequence: int,
+        kept: bytes | None,
+        read: Any,
+        read_all: bool,
+    ) -> bytes | None:
+        """The step's definition from what load_step read or kept, keeping what it read."""
+        cache = self.definitions
+        if cache is None:
+            return read  # type: ignore[no-any-return]
+        if kept is not None:
+            if cache.sequence_of(workflow_id) == sequence:
+                return kept
+            # Forgotten and submitted again under the same id: not these definitions.
+            cache.forget(workflow_id)
+            raw = self._guard(lambda: self.redis.hget(self.keys.defs(workflow_id), step_id))
+            return raw  # type: ignore[no-any-return]
+        if read_all:
+            if read:  # (none: the workflow is gone)
+                cache.keep_all(workflow_id, sequence, read)
+            return read.get(step_id.encode())  # type: ignore[no-any-return]
+        if read is not None:
+            cache.keep_one(workflow_id, sequence, step_id, read)
+        return read  # type: ignore[no-any-return]
 
     def workflow_for_key(self, idempotency_key: str) -> str | None:
         """The workflow first submitted under this idempotency key, if it still exists."""

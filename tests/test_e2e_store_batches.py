@@ -11,6 +11,7 @@ import redis
 
 from orchestrator.client import Client
 from orchestrator.compiler import compile_workflow
+from orchestrator.definitions import DefinitionCache
 from orchestrator.metrics import exposition
 from orchestrator.store import Change, StateStore
 
@@ -76,3 +77,27 @@ def test_a_wide_batch_is_written_whole_in_a_few_commands(
     ]
     assert queued and float(queued[0].split()[-1]) >= WIDE
     client.cancel(workflow_id)
+
+
+def test_a_worker_store_keeps_definitions_but_never_those_of_an_older_submission(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    orchestrator_store: StateStore = client.orchestrator.store
+    worker_store = StateStore(redis_client, orchestrator_store.keys, definitions=DefinitionCache())
+    workflow_id = f"kept-defs-{time.time_ns()}"
+
+    def submit(task: str) -> None:
+        spec = {"name": "kept", "steps": [{"id": f"s{i}", "task": task} for i in range(3)]}
+        workflow = client.orchestrator.checker.check(spec)
+        orchestrator_store.create(workflow_id, workflow, compile_workflow(workflow))
+
+    submit("treadle.noop")
+    for step in ("s0", "s1", "s2"):
+        assert worker_store.load_step(workflow_id, step).definition["task"] == "treadle.noop"
+    assert worker_store.definitions is not None
+    assert worker_store.definitions.get(workflow_id, None, "s2") is not None, "not kept"
+    # Forgotten, then submitted again under the same id with other steps.
+    redis_client.delete(*orchestrator_store.keys.of_workflow(workflow_id))
+    submit("treadle.fail")
+    for step in ("s0", "s1", "s2"):
+        assert worker_store.load_step(workflow_id, step).definition["task"] == "treadle.fail"

@@ -18,6 +18,7 @@ from config.settings import Settings
 from config.topology import load_topology
 from orchestrator import tickets
 from orchestrator.dead_letters import DeadLetters
+from orchestrator.definitions import DefinitionCache
 from orchestrator.errors import NotFound
 from orchestrator.flow import FlowControl
 from orchestrator.keys import Keys
@@ -52,7 +53,12 @@ class _PerProcess:
         if self._runtime is None or self._pid != os.getpid():
             client = connect(self.url, self.settings)
             keys = Keys(self.settings.key_prefix)
-            store = StateStore(client, keys, state_ttl_s=self.settings.state_ttl_s)
+            store = StateStore(
+                client,
+                keys,
+                state_ttl_s=self.settings.state_ttl_s,
+                definitions=DefinitionCache(),
+            )
             self._runtime = StepRuntime(
                 store,
                 self.registry,
