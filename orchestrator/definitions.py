@@ -6,8 +6,12 @@ workflow it reads all of that workflow's definitions in one command and keeps th
 stage of 2,000 parallel steps then costs each worker process one read of definitions
 instead of one per step (``StateStore.load_step``). What is kept is told apart by the
 workflow's submission number as well as its id, so a workflow forgotten and submitted
-again under the same id is never run from the old definitions. Bounded: past
-``max_definitions`` the workflows seen longest ago are dropped.
+again under the same id is never run from the old definitions.
+
+Bounded by bytes (``MAX_BYTES``, about one big stage): the workflows seen longest ago are
+dropped first. A workflow too big to keep, or dropped once, is read one step at a time
+from then on, so that several big workflows running at once cannot make a process read
+them whole over and over.
 
 Pure: no I/O (the store reads; this keeps).
 """
@@ -17,16 +21,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
-MAX_DEFINITIONS = 50_000
+MAX_BYTES = 1 << 20
+ENTRY_OVERHEAD = 100  # bytes a kept definition costs besides its text (key, dict slot)
+_REMEMBERED = 1024  # workflows remembered as seen once, or as read one by one
 
 
 class DefinitionCache:
-    def __init__(self, max_definitions: int = MAX_DEFINITIONS):
-        self.max_definitions = max_definitions
+    def __init__(self, max_bytes: int = MAX_BYTES):
+        self.max_bytes = max_bytes
         # workflow id -> (its submission number, step id -> definition as stored)
         self._kept: OrderedDict[str, tuple[int, dict[str, bytes]]] = OrderedDict()
-        self._seen: OrderedDict[str, None] = OrderedDict()  # read one by one so far
-        self._size = 0
+        self._bytes: dict[str, int] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()  # read one step so far
+        self._one_by_one: OrderedDict[str, None] = OrderedDict()  # never read whole
+        self.size = 0  # bytes kept, as estimated
 
     def get(self, workflow_id: str, sequence: int | None, step_id: str) -> bytes | None:
         """The kept definition; ``sequence`` None: whichever submission is kept (the
@@ -43,37 +51,48 @@ class DefinitionCache:
 
     def wants_all(self, workflow_id: str) -> bool:
         """Whether to read all of the workflow's definitions now: the second time one of
-        its steps runs here (a workflow of one step per process is read one by one)."""
-        if workflow_id in self._kept:
+        its steps runs here, unless it is kept already or is read one by one."""
+        if workflow_id in self._kept or workflow_id in self._one_by_one:
             return False
         if workflow_id in self._seen:
             return True
-        self._seen[workflow_id] = None
-        if len(self._seen) > 1024:
-            self._seen.popitem(last=False)
+        _remember(self._seen, workflow_id)
         return False
 
     def keep_all(self, workflow_id: str, sequence: int, definitions: Mapping[bytes, bytes]) -> None:
         """Keep every definition of the workflow (as HGETALL gives them)."""
         self.forget(workflow_id)
         self._seen.pop(workflow_id, None)
-        if len(definitions) > self.max_definitions // 2:
-            return  # too big to be worth keeping: read one by one
-        kept = {key.decode(): value for key, value in definitions.items()}
-        self._kept[workflow_id] = (sequence, kept)
-        self._size += len(kept)
-        while self._size > self.max_definitions and self._kept:
-            _, (_, dropped) = self._kept.popitem(last=False)
-            self._size -= len(dropped)
+        size = sum(len(v) + ENTRY_OVERHEAD for v in definitions.values())
+        if size > self.max_bytes:
+            _remember(self._one_by_one, workflow_id)
+            return
+        self._kept[workflow_id] = (sequence, {k.decode(): v for k, v in definitions.items()})
+        self._bytes[workflow_id] = size
+        self.size += size
+        while self.size > self.max_bytes:
+            dropped, _ = self._kept.popitem(last=False)
+            self.size -= self._bytes.pop(dropped)
+            _remember(self._one_by_one, dropped)
 
     def keep_one(self, workflow_id: str, sequence: int, step_id: str, definition: bytes) -> None:
         """Add a definition created after the rest were kept (a fan-out's item)."""
         kept = self._kept.get(workflow_id)
-        if kept is not None and kept[0] == sequence and step_id not in kept[1]:
-            kept[1][step_id] = definition
-            self._size += 1
+        if kept is None or kept[0] != sequence or step_id in kept[1]:
+            return
+        if self.size + len(definition) + ENTRY_OVERHEAD > self.max_bytes:
+            return  # read one by one instead
+        kept[1][step_id] = definition
+        self._bytes[workflow_id] += len(definition) + ENTRY_OVERHEAD
+        self.size += len(definition) + ENTRY_OVERHEAD
 
     def forget(self, workflow_id: str) -> None:
-        kept = self._kept.pop(workflow_id, None)
-        if kept is not None:
-            self._size -= len(kept[1])
+        if self._kept.pop(workflow_id, None) is not None:
+            self.size -= self._bytes.pop(workflow_id)
+
+
+def _remember(ids: OrderedDict[str, None], workflow_id: str) -> None:
+    ids[workflow_id] = None
+    ids.move_to_end(workflow_id)
+    if len(ids) > _REMEMBERED:
+        ids.popitem(last=False)
