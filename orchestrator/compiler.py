@@ -9,6 +9,13 @@ one it does not depend on; its steps run on dependency counters instead: each su
 waits in Redis for a count of unfinished dependencies, which the step runtime decrements
 atomically as each dependency ends, and is published when the count reaches zero. Either
 way a step starts as soon as its own dependencies have finished, and no sooner.
+
+A chord is not run as Celery's chord (which stores every header task's result in the
+backend and counts them there: about 13 more Redis commands a header step, and a body
+lost with ``result_chord_expires``); its header is published as a group and its body is
+held back: the body's first step (its gate) waits on a dependency counter like a counter
+step, and when the transition that records the header's last end brings it to zero, the
+step runtime publishes the body and what follows it in its chain (``split_joins``).
 """
 
 from __future__ import annotations
@@ -54,6 +61,31 @@ class Compiled:
 
     canvas: Node | None
     counters: frozenset[str] = field(default_factory=frozenset)
+
+    def split(self) -> Split:
+        """What dispatch publishes, and what the chords' gates hold back."""
+        return split_joins(self.canvas)
+
+    @property
+    def counted(self) -> frozenset[str]:
+        """Every step published when a dependency counter reaches zero: counter steps and
+        the chords' gates."""
+        return self.counters | frozenset(self.split().held)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A canvas without chords: ``now`` is published at once (chains and groups only);
+    ``held`` maps each chord's gate (its body's first step) to what is published when
+    the gate's counter reaches zero: the body and the rest of its chain up to the next
+    chord's header."""
+
+    now: Node | None
+    held: Mapping[str, Node]
+
+    def gated(self) -> dict[str, str]:
+        """The other first steps of each held part, and the gate they are published with."""
+        return {s: gate for gate, node in self.held.items() for s in first_steps(node) if s != gate}
 
 
 class _NotSeriesParallel(Exception):
@@ -190,6 +222,41 @@ def _with_chords(node: Node) -> Node:
     return out[0] if len(out) == 1 else Chain(tuple(out))
 
 
+def split_joins(canvas: Node | None) -> Split:
+    """``canvas`` with every chord's header published as a group and its body held back
+    for its gate. Each step is in exactly one published part, so the held parts together
+    are no bigger than the canvas."""
+    held: dict[str, Node] = {}
+    now = _publishable(canvas, held) if canvas is not None else None
+    return Split(now, held)
+
+
+def _publishable(node: Node, held: dict[str, Node]) -> Node:
+    if isinstance(node, Task):
+        return node
+    if isinstance(node, Group):
+        return Group(tuple(_publishable(i, held) for i in node.items))
+    if isinstance(node, Chord):
+        _hold(node.body, (), held)
+        return Group(tuple(_publishable(i, held) for i in node.header))
+    out: list[Node] = []
+    for i, item in enumerate(node.items):
+        if isinstance(item, Chord):
+            out.append(Group(tuple(_publishable(h, held) for h in item.header)))
+            _hold(item.body, node.items[i + 1 :], held)
+            break
+        out.append(_publishable(item, held))
+    return _chain(out)
+
+
+def _hold(body: Node, rest: Sequence[Node], held: dict[str, Node]) -> None:
+    # The gate is one first step of the body: each of them depends directly on every last
+    # step of the header (the cut before the body orders all of the header first, and a
+    # first step has no dependency inside the body), so its count reaching zero means the
+    # whole header has ended.
+    held[first_steps(body)[0]] = _publishable(_chain((body, *rest)), held)
+
+
 # ---------------------------------------------------------------------------------------
 # Reading a canvas back
 
@@ -290,13 +357,22 @@ def _timeline(
 def plan_timeline(
     compiled: Compiled, graph: Graph, durations: Mapping[str, float]
 ) -> dict[str, tuple[float, float]]:
-    """Start and end of every step under the compiled plan with unlimited workers: the
-    canvas as Celery runs it, counter steps as soon as their counts reach zero."""
-    out = canvas_timeline(compiled.canvas, durations) if compiled.canvas is not None else {}
+    """Start and end of every step as dispatch and the step runtime run the compiled plan,
+    with unlimited workers: what is published at once as Celery runs it; a chord's held
+    part and a counter step when the count of the gate (or step) reaches zero, that is
+    when its last dependency ends."""
+    split = compiled.split()
+    parts: dict[str, Node] = {**{s: Task(s) for s in compiled.counters}, **split.held}
+    part_of = {s: gate for gate, node in parts.items() for s in steps_of(node)}
+    out = canvas_timeline(split.now, durations) if split.now is not None else {}
+    # Every dependency of a gate comes before the cut its part starts after, so before
+    # any step of the part in a topological order: met first, a part can be timed whole.
     for step in graph.topological_order():
-        if step in compiled.counters:
-            begin = max((out[dep][1] for dep in graph.preds[step]), default=0.0)
-            out[step] = (begin, begin + durations.get(step, 1.0))
+        if step in out:
+            continue
+        gate = part_of[step]
+        begin = max((out[dep][1] for dep in graph.preds[gate]), default=0.0)
+        out.update(canvas_timeline(parts[gate], durations, begin))
     return out
 
 

@@ -3,8 +3,9 @@
 The only module that builds Celery canvas objects. Each step becomes an immutable
 signature of its task with ``(workflow_id, step_id)`` as arguments: steps read their
 inputs from the state store by step id, so no result travels inside a message. The canvas
-part is published as one chain/group/chord; steps that run on counters are published one
-by one, the first ones here and the rest by the step runtime as their counts reach zero.
+is published as chains and groups, with each chord's header as a group; a chord's body,
+and the steps that run on counters, are published by the step runtime when their
+dependency counts reach zero (``compiler.split_joins``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,23 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from celery import Celery, chain, chord, group
+from celery import Celery, chain, group
 from celery.canvas import Signature
 from kombu import Producer
 
 from config.queues import queue_for
 from config.settings import Settings
 from orchestrator import tickets
-from orchestrator.compiler import Chain, Chord, Compiled, Group, Node, Task, first_steps, from_json
+from orchestrator.compiler import (
+    Chain,
+    Compiled,
+    Group,
+    Node,
+    Task,
+    first_steps,
+    from_json,
+    steps_of,
+)
 from orchestrator.states import StepState
 from orchestrator.step_messages import StepMessages
 from orchestrator.store import Change, Conflict, StateStore
@@ -54,6 +64,8 @@ def step_signature(
 def build_signature(
     app: Celery, workflow_id: str, node: Node, defs: StepDefs, priority: str
 ) -> Signature:
+    """Celery's signature of a canvas without chords (``Split.now`` or a held part)."""
+
     def build(n: Node) -> Signature:
         if isinstance(n, Task):
             return step_signature(app, workflow_id, n.step, defs[n.step], priority)
@@ -61,8 +73,7 @@ def build_signature(
             return chain(*(build(i) for i in n.items), app=app)
         if isinstance(n, Group):
             return group(*(build(i) for i in n.items), app=app)
-        assert isinstance(n, Chord)
-        return chord(group(*(build(i) for i in n.header), app=app), build(n.body), app=app)
+        raise TypeError(f"a chord is published as its header (split_joins), not {n!r}")
 
     return build(node)
 
@@ -78,16 +89,12 @@ def dispatch(
     """Publish a workflow. Safe to repeat: a step already claimed or finished ignores a
     second message for it."""
     sources = [s for s in sorted(compiled.counters) if not defs[s].get("waits_for")]
-    first = (first_steps(compiled.canvas) if compiled.canvas is not None else []) + sources
+    now = compiled.split().now
+    first = (first_steps(now) if now is not None else []) + sources
     mark_queued(store, workflow_id, first)
     with publishing(app, store) as (producer, plain):
-        for part in _parts(compiled.canvas):
-            if isinstance(part, Task):
-                plain.add(workflow_id, part.step, defs[part.step], priority)
-            else:
-                build_signature(app, workflow_id, part, defs, priority).apply_async(
-                    producer=producer
-                )
+        if now is not None:
+            _send(app, producer, plain, workflow_id, now, defs, priority)
         for step_id in sources:
             plain.add(workflow_id, step_id, defs[step_id], priority)
     store.set_fields(workflow_id, {"dispatched_at": repr(time.time())})
@@ -108,25 +115,40 @@ def dispatch_stored(app: Celery, store: StateStore, workflow_id: str) -> None:
 def publish_steps(
     app: Celery, store: StateStore, workflow_id: str, step_ids: Iterable[str], priority: str
 ) -> None:
-    """Publish counter steps whose dependencies have all ended (the runtime calls this)."""
+    """Publish steps whose dependency counts reached zero (the runtime calls this): a
+    counter step alone, a chord's gate with the part it holds back."""
     ids = list(step_ids)
     if not ids:
         return
     defs = store.step_defs_of(workflow_id, ids)
-    with publishing(app, store) as (_, plain):
+    held = {s: from_json(defs[s]["then"]) for s in ids if "then" in defs[s]}
+    others = sorted({s for node in held.values() for s in steps_of(node)} - set(defs))
+    defs.update(store.step_defs_of(workflow_id, others))
+    with publishing(app, store) as (producer, plain):
         for step_id in ids:
-            plain.add(workflow_id, step_id, defs[step_id], priority)
+            node = held.get(step_id, Task(step_id))
+            _send(app, producer, plain, workflow_id, node, defs, priority)
 
 
-def _parts(canvas: Node | None) -> tuple[Node, ...]:
-    """What a canvas publishes, each part on its own: a group with nothing after it is
-    only its members (no chord waits on it), and a plain step is one message that
-    ``StepMessages`` builds without Celery's per-message canvas work."""
-    if canvas is None:
-        return ()
-    if isinstance(canvas, Group):
-        return canvas.items
-    return (canvas,)
+def _send(
+    app: Celery,
+    producer: Producer,
+    plain: StepMessages,
+    workflow_id: str,
+    node: Node,
+    defs: StepDefs,
+    priority: str,
+) -> None:
+    """Publish ``node`` (no chords in it): a group's members each on their own, since no
+    chord waits on a group (a chord's body waits on a counter), and a plain step as one
+    message that ``StepMessages`` builds without Celery's per-message canvas work."""
+    if isinstance(node, Task):
+        plain.add(workflow_id, node.step, defs[node.step], priority)
+    elif isinstance(node, Group):
+        for item in node.items:
+            _send(app, producer, plain, workflow_id, item, defs, priority)
+    else:
+        build_signature(app, workflow_id, node, defs, priority).apply_async(producer=producer)
 
 
 # Messages a publish batch may hold: a stage's worth, so that it leaves in one round trip.

@@ -9,9 +9,10 @@ was waiting then:
 
 - queued or retrying, or running for a worker that is dead, and no message for it
   anywhere (queues, ``unacked``, the delayed set): its ticket is published again;
-- not started, every dependency ended before the disruption, not a counter step (those
-  have their own repair), and no message for it: its dependencies' tickets are published
-  again with the keep-going header, so that their chains and chords continue;
+- not started, every dependency ended before the disruption, not a counter step or one
+  a chord's gate publishes (those have their own repair), and no message for it: its
+  dependencies' tickets are published again with the keep-going header, so that their
+  chains continue;
 - a fan-out whose items all ended before the disruption and whose join has no message:
   the join's ticket is published again.
 
@@ -124,8 +125,10 @@ def _stalled(
     for step_id in pending:
         definition = defs.get(step_id, {})
         deps = definition.get("after") or []
-        if definition.get("counter") or not deps or "item_of" in definition:
-            continue  # counters and fan-out items are published by other means
+        if definition.get("counter") or not deps or {"item_of", "gate"} & definition.keys():
+            # Counter steps, fan-out items and what a chord's gate publishes with it are
+            # published by other means.
+            continue
         ends = [records.get(d, {}) for d in deps]
         if all(
             e.get("state") in STEP_FINAL and float(e.get("finished_at") or 0) < before for e in ends

@@ -100,17 +100,23 @@ def _stranded_counter_steps(
     orchestrator: Orchestrator, workflow_id: str, before: float
 ) -> list[str]:
     """Publish counter steps at zero that are still pending although their last dependency
-    ended before ``before``; the step runtime publishes a ready step at once, so one that
-    is still pending that long after was lost."""
+    ended before ``before`` and that were never published (no ticket kept): the step
+    runtime publishes a ready step at once, so one without a message that long after was
+    lost. (One published but still waiting in a long queue is left alone: a second copy
+    of a chord's gate would publish its whole held part again.)"""
     store = orchestrator.store
     zero = [step for step, count in store.waiting_counts(workflow_id).items() if int(count) <= 0]
     if not zero:
         return []
     records = store.step_records(workflow_id)
+    zero = [step for step in zero if records.get(step, {}).get("state") == "pending"]
+    if not zero:
+        return []
     defs = store.step_defs_of(workflow_id, zero)
+    published = store.tickets_of(workflow_id, zero)
     stranded = []
     for step in zero:
-        if records.get(step, {}).get("state") != "pending":
+        if step in published:
             continue
         ends = [records.get(d, {}).get("finished_at") or 0 for d in defs[step].get("after", [])]
         if max(ends, default=0) < before:

@@ -78,7 +78,10 @@ def _canvas_tree(node: Node, tree: Tree, tasks: dict[str, Step]) -> None:
             _canvas_tree(item, branch, tasks)
     else:
         assert isinstance(node, Chord)
-        branch = tree.add("[yellow]chord[/] (header in parallel, then body)")
+        branch = tree.add(
+            "[yellow]chord[/] (header in parallel, then body: published when a counter "
+            "of the header's ends reaches zero)"
+        )
         header = branch.add("header")
         for item in node.header:
             _canvas_tree(item, header, tasks)

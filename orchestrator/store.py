@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from orchestrator import audit
-from orchestrator.compiler import Compiled, to_json
+from orchestrator.compiler import Compiled, Task, to_json
 from orchestrator.dag import graph_of
 from orchestrator.definitions import DefinitionCache
 from orchestrator.errors import NotFound, Unreachable
@@ -119,12 +119,21 @@ class StepView:
 
 
 def step_definitions(workflow: Workflow, compiled: Compiled) -> dict[str, dict[str, Any]]:
-    """What is stored of each step: its spec, and for counter steps whom they release."""
+    """What is stored of each step: its spec; for steps published on counters whom they
+    release; for a chord's gate what it publishes (``then``), and for the other first steps
+    of that part, the gate they go with (``gate``)."""
     defs = {s.id: s.to_json() for s in workflow.steps}
+    split = compiled.split()
+    counted = compiled.counters | frozenset(split.held)
     for step in workflow.steps:
         for dep in step.after:
-            if step.id in compiled.counters:
+            if step.id in counted:
                 defs[dep].setdefault("release", []).append(step.id)
+    for gate, node in split.held.items():
+        if node != Task(gate):  # a gate published alone is a plain step's message
+            defs[gate]["then"] = to_json(node)
+    for step_id, gate in split.gated().items():
+        defs[step_id]["gate"] = gate
     keyed = [s.id for s in workflow.steps if s.concurrency_key]
     if keyed:
         # Steps of one workflow that share a concurrency key take it in dependency order.
@@ -136,7 +145,7 @@ def step_definitions(workflow: Workflow, compiled: Compiled) -> dict[str, dict[s
         }
         for sid in keyed:
             defs[sid]["rank"] = ranks[sid]
-    for sid in compiled.counters:
+    for sid in counted:
         defs[sid]["counter"] = True
         # The dependencies whose end it counts down; all of `after` on a first run, only
         # those that run again when a workflow resumes.
@@ -146,7 +155,7 @@ def step_definitions(workflow: Workflow, compiled: Compiled) -> dict[str, dict[s
 
 def waiting_counts(defs: Mapping[str, Mapping[str, Any]], compiled: Compiled) -> dict[str, int]:
     """How many dependency ends each counter step waits for before it is published."""
-    return {s: len(defs[s]["waits_for"]) for s in compiled.counters if defs[s].get("waits_for")}
+    return {s: len(defs[s]["waits_for"]) for s in compiled.counted if defs[s].get("waits_for")}
 
 
 class StateStore:

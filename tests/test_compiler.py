@@ -171,6 +171,51 @@ def test_json_round_trip(after: Dag) -> None:
     assert from_json(json.loads(json.dumps(to_json(canvas)))) == canvas
 
 
+def assert_publishable(node: Node) -> None:
+    """What dispatch hands to Celery: chains and groups only, a group never followed by
+    more work in a chain (Celery would turn that into a chord)."""
+    assert not isinstance(node, Chord)
+    if isinstance(node, Task):
+        return
+    for i, item in enumerate(node.items):
+        assert_publishable(item)
+        if isinstance(node, Chain):
+            assert not (isinstance(item, Group) and i < len(node.items) - 1)
+
+
+@FAST
+@given(shuffled(dags()))
+def test_split_publishes_every_canvas_step_once_and_no_chord(after: Dag) -> None:
+    result = compiled(after)
+    split = result.split()
+    parts = ([split.now] if split.now is not None else []) + list(split.held.values())
+    found = [s for part in parts for s in steps_of(part)]
+    assert len(found) == len(set(found))
+    assert set(found) == (set(steps_of(result.canvas)) if result.canvas is not None else set())
+    for part in parts:
+        assert_publishable(part)
+    for gate, part in split.held.items():
+        assert first_steps(part)[0] == gate
+    for step_id, gate in split.gated().items():
+        assert step_id in first_steps(split.held[gate]) and step_id != gate
+    assert result.counted == result.counters | frozenset(split.held)
+
+
+@FAST
+@given(shuffled(series_parallel_dags()))
+def test_a_gate_depends_on_every_step_its_part_waits_for(after: Dag) -> None:
+    # Its count reaching zero must mean everything the canvas orders before its part has
+    # ended: every step before the part is the gate's dependency or one of theirs.
+    graph = Graph.from_after(after)
+    result = compile_graph(graph)
+    split = result.split()
+    closure = graph.closure()
+    for gate, part in split.held.items():
+        inside = set(steps_of(part))
+        before = {a for a, b in happens_before(canvas_of(result)) if b in inside} - inside
+        assert before == {a for a, b in closure if b == gate}
+
+
 # ---------------------------------------------------------------------------------------
 # Known shapes
 
@@ -262,6 +307,51 @@ def test_consecutive_parallel_stages_nest_only_as_deep_as_the_run() -> None:
     assert result.canvas == Chord(
         tasks("a", "b"), Chord(tasks("c", "d"), Chord(tasks("e", "f"), Task("end")))
     )
+
+
+def test_a_fan_in_publishes_its_stage_and_holds_the_join() -> None:
+    after: Dag = {f"p{i}": () for i in range(3)} | {"join": ("p0", "p1", "p2")}
+    split = compiled(after).split()
+    assert split.now == Group(tasks("p0", "p1", "p2"))
+    assert split.held == {"join": Task("join")}
+
+
+def test_a_chord_in_a_chain_holds_its_body_and_the_rest_of_the_chain() -> None:
+    result = from_stages(
+        [
+            step("fetch"),
+            {"parallel": [step("x"), {"sequential": [step("y1"), step("y2")]}]},
+            step("join"),
+            step("publish"),
+            {"parallel": [step("c"), step("d")]},
+            step("end"),
+        ]
+    )
+    split = result.split()
+    assert split.now == Chain((Task("fetch"), Group((Task("x"), Chain(tasks("y1", "y2"))))))
+    assert split.held == {
+        "join": Chain((Task("join"), Task("publish"), Group(tasks("c", "d")))),
+        "end": Task("end"),
+    }
+    assert result.counted == frozenset({"join", "end"})
+
+
+def test_back_to_back_stages_hold_each_stage_behind_one_gate() -> None:
+    split = from_stages(
+        [
+            {"parallel": [step("a"), step("b")]},
+            {"parallel": [step("c"), step("d")]},
+            {"parallel": [step("e"), step("f")]},
+            step("end"),
+        ]
+    ).split()
+    assert split.now == Group(tasks("a", "b"))
+    assert split.held == {
+        "c": Group(tasks("c", "d")),
+        "e": Group(tasks("e", "f")),
+        "end": Task("end"),
+    }
+    assert split.gated() == {"d": "c", "f": "e"}
 
 
 def test_a_group_at_the_end_stays_a_group() -> None:

@@ -285,3 +285,59 @@ def test_a_ready_counter_step_lost_by_a_crash_is_published_by_recovery(client: C
     status = client.wait(workflow_id, timeout_s=30)
     assert status["state"] == "succeeded"
     assert client.audit(workflow_id).ok
+
+
+def test_a_chords_gate_lost_by_a_crash_is_published_by_recovery_with_its_part(
+    client: Client,
+) -> None:
+    import time as clock
+
+    from orchestrator.compiler import Group, Task, compile_workflow
+    from orchestrator.store import Change
+
+    # Back-to-back parallel stages: `c` and `d` wait behind one gate, `c`. We play the
+    # part of a worker that recorded `a` and `b` as succeeded and died before publishing
+    # what the gate holds back.
+    workflow = client.orchestrator.checker.check(
+        {
+            "name": "stranded-gate",
+            "stages": [
+                {"parallel": [{"id": s, "task": "treadle.noop"} for s in ("a", "b")]},
+                {"parallel": [{"id": s, "task": "treadle.noop"} for s in ("c", "d")]},
+                {"id": "end", "task": "treadle.noop"},
+            ],
+        }
+    )
+    compiled = compile_workflow(workflow)
+    assert compiled.split().held == {"c": Group((Task("c"), Task("d"))), "end": Task("end")}
+    store = client.orchestrator.store
+    workflow_id = f"stranded-gate-{clock.time_ns()}"
+    store.create(workflow_id, workflow, compiled)
+    store.set_fields(workflow_id, {"dispatched_at": repr(clock.time())})
+    ready: list[str] = []
+    for step in ("a", "b"):
+        now = clock.time()
+        store.apply(
+            workflow_id,
+            [Change(step, "pending", "running", {"attempts": 1, "started_at": now}, {"at": now})],
+        )
+        applied = store.apply(
+            workflow_id,
+            [
+                Change(
+                    step,
+                    "running",
+                    "succeeded",
+                    {"finished_at": now},
+                    {"at": now},
+                    result_json="null",
+                    release=store.step_defs_of(workflow_id, [step])[step]["release"],
+                ),
+            ],
+        )
+        ready.extend(applied.ready)
+    assert ready == ["c"]  # released, never published; `d` goes with it
+    status = client.wait(workflow_id, timeout_s=30)
+    assert status["state"] == "succeeded"
+    assert [by_id(status)[s]["state"] for s in ("c", "d", "end")] == ["succeeded"] * 3
+    assert client.audit(workflow_id).ok

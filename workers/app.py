@@ -166,8 +166,9 @@ def _register(app: Celery, name: str, holder: _PerProcess, request_class: type) 
         acks_late=True,
         reject_on_worker_lost=True,
         # Step results live in the state store; Celery's copy (a GET, a SET and a PUBLISH
-        # per step) is read by nothing. Chords still count: Celery's Redis chord keeps the
-        # header results in its own list (Backend.mark_as_done -> on_chord_part_return).
+        # per step) is read by nothing. A fan-out's chord still counts its items: Celery's
+        # Redis chord keeps their results in its own list (Backend.mark_as_done ->
+        # on_chord_part_return).
         ignore_result=True,
         typing=False,
         Request=request_class,
