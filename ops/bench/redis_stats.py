@@ -1,8 +1,10 @@
-"""What a run asks of Redis: commands by name, and client round trips.
+"""What a run asks of Redis: commands by name, client round trips and server CPU time.
 
 ``INFO commandstats`` counts every command Redis executes, including those a Lua script
 runs (``redis.call``); ``total_reads_processed`` counts reads from client sockets, about
-one per round trip (a pipeline that arrives in one read counts once). Both are
+one per round trip (a pipeline that arrives in one read counts once);
+``used_cpu_user`` and ``used_cpu_sys`` the server's CPU time, what all of it cost Redis
+(a count weighs a command run inside a script like one sent alone). All are
 server-wide, so idle workers' polling is measured in a quiet window and taken off, as
 are the bench's own commands. MONITOR tells a client's command from a script's: a
 separate, untimed pass uses it to split the count.
@@ -27,11 +29,12 @@ _STOP_WORD = "treadle-bench-monitor-stop"
 
 @dataclass(frozen=True)
 class Usage:
-    """Commands by name and socket reads, over ``seconds``."""
+    """Commands by name, socket reads and the server's CPU seconds, over ``seconds``."""
 
     calls: Mapping[str, float]
     reads: float
     seconds: float
+    cpu_s: float = 0.0
 
     @property
     def commands(self) -> float:
@@ -47,11 +50,19 @@ class Usage:
         calls = {
             n: max(self.calls.get(n, 0.0) - scale * other.calls.get(n, 0.0), 0.0) for n in names
         }
-        return Usage(calls, max(self.reads - scale * other.reads, 0.0), self.seconds)
+        return Usage(
+            calls,
+            max(self.reads - scale * other.reads, 0.0),
+            self.seconds,
+            max(self.cpu_s - scale * other.cpu_s, 0.0),
+        )
 
     def per(self, count: int) -> Usage:
         return Usage(
-            {n: c / count for n, c in self.calls.items()}, self.reads / count, self.seconds
+            {n: c / count for n, c in self.calls.items()},
+            self.reads / count,
+            self.seconds,
+            self.cpu_s / count,
         )
 
 
@@ -60,6 +71,7 @@ class Snapshot:
     calls: Mapping[str, int]
     reads: int
     at: float
+    cpu_s: float = 0.0
 
 
 def snapshot(client: redis.Redis) -> Snapshot:
@@ -70,7 +82,8 @@ def snapshot(client: redis.Redis) -> Snapshot:
         for key, value in info.items()
         if key.startswith("cmdstat_") and isinstance(value, dict)
     }
-    return Snapshot(calls, int(info["total_reads_processed"]), time.monotonic())
+    cpu_s = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return Snapshot(calls, int(info["total_reads_processed"]), time.monotonic(), cpu_s)
 
 
 def between(before: Snapshot, after: Snapshot) -> Usage:
@@ -80,6 +93,7 @@ def between(before: Snapshot, after: Snapshot) -> Usage:
         {n: c for n, c in calls.items() if c},
         float(after.reads - before.reads),
         after.at - before.at,
+        after.cpu_s - before.cpu_s,
     )
 
 
@@ -98,6 +112,7 @@ def idle_rate(client: redis.Redis, seconds: float) -> Usage:
         {n: c / usage.seconds for n, c in usage.calls.items()},
         usage.reads / usage.seconds,
         1.0,
+        usage.cpu_s / usage.seconds,
     )
 
 

@@ -2,7 +2,9 @@
 
 ``INFO commandstats`` deltas, less the idle background and the bench's own polling.
 Commands that Lua scripts run count, as Redis counts them. Beside the total: socket reads
-(about one per client round trip) and script calls per step; and, in the first round, an
+(about one per client round trip), script calls and the server's CPU time per step (the
+load the count stands for: a command in a pipeline or a script costs less than one sent
+alone); and, in the first round, an
 untimed pass under MONITOR that splits the commands into those clients sent and those
 scripts ran, with the most frequent of each (each side's database only, so the other
 side's idle polling is left out; its own is in).
@@ -44,6 +46,7 @@ def _summary(usage: Usage) -> dict[str, Any]:
         "commands_per_step": usage.commands,
         "reads_per_step": usage.reads,
         "script_calls_per_step": usage.script_calls,
+        "redis_cpu_us_per_step": round(usage.cpu_s * 1e6, 1),
         "top": {name: round(n, 2) for name, n in top},
     }
 
