@@ -1,12 +1,17 @@
-"""Network faults between a client and a real Redis, for tests of what survives them."""
+"""Network faults between a client and a real Redis, and a worker's records written by
+hand (as one that dies right after writing them leaves them), for tests of what survives
+them."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
+
+from orchestrator.store import Change, StateStore
 
 
 class CuttingProxy:
@@ -105,3 +110,34 @@ class CuttingProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def record_start(store: StateStore, workflow_id: str, step: str) -> None:
+    """What a worker records when it claims a pending step."""
+    now = time.time()
+    store.apply(
+        workflow_id,
+        [Change(step, "pending", "running", {"attempts": 1, "started_at": now}, {"at": now})],
+    )
+
+
+def record_success(store: StateStore, workflow_id: str, step: str) -> tuple[str, ...]:
+    """What a worker records when its step succeeds; returns the steps it released, which
+    that worker would publish next."""
+    now = time.time()
+    release = store.step_defs_of(workflow_id, [step])[step]["release"]
+    applied = store.apply(
+        workflow_id,
+        [
+            Change(
+                step,
+                "running",
+                "succeeded",
+                {"finished_at": now},
+                {"at": now},
+                result_json="null",
+                release=release,
+            )
+        ],
+    )
+    return applied.ready

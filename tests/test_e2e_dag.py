@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator.client import Client
+from tests.faults import record_start, record_success
 from tests.graphs import CORPUS, layered_dag
 
 pytestmark = pytest.mark.e2e
@@ -226,61 +227,42 @@ def test_a_condition_that_cannot_be_evaluated_fails_the_step(client: Client) -> 
     assert "condition cannot be evaluated" in by_id(status)["a"]["error"]
 
 
-def test_a_ready_counter_step_lost_by_a_crash_is_published_by_recovery(client: Client) -> None:
+def died_before_publishing(client: Client, spec: dict[str, Any]) -> tuple[str, list[str]]:
+    """Store ``spec`` as dispatched and play the part of a worker that recorded its steps
+    `a` and `b` as succeeded and died before publishing what they released: the
+    workflow's id, and what they released."""
     import time as clock
 
     from orchestrator.compiler import compile_workflow
-    from orchestrator.store import Change
 
-    # N shape, so every step is on counters. We play the part of a worker that recorded
-    # `a` and `b` as succeeded and died before publishing what they released.
-    workflow = client.orchestrator.checker.check(
-        {
-            "name": "stranded-counters",
-            "steps": [
-                {"id": "a", "task": "treadle.noop"},
-                {"id": "b", "task": "treadle.noop"},
-                {"id": "c", "task": "treadle.noop", "after": ["a", "b"]},
-                {"id": "d", "task": "treadle.noop", "after": ["b"]},
-            ],
-        }
-    )
-    compiled = compile_workflow(workflow)
-    assert compiled.counters == {"a", "b", "c", "d"}
+    workflow = client.orchestrator.checker.check(spec)
     store = client.orchestrator.store
-    workflow_id = f"stranded-counters-{clock.time_ns()}"
-    store.create(workflow_id, workflow, compiled)
+    workflow_id = f"{spec['name']}-{clock.time_ns()}"
+    store.create(workflow_id, workflow, compile_workflow(workflow))
     store.set_fields(workflow_id, {"dispatched_at": repr(clock.time())})
     ready: list[str] = []
     for step in ("a", "b"):
-        now = clock.time()
-        applied = store.apply(
-            workflow_id,
-            [
-                Change(
-                    step,
-                    "pending",
-                    "running",
-                    {"attempts": 1, "started_at": now},
-                    {"at": now, "attempt": 1},
-                ),
-            ],
-        )
-        applied = store.apply(
-            workflow_id,
-            [
-                Change(
-                    step,
-                    "running",
-                    "succeeded",
-                    {"finished_at": now},
-                    {"at": now},
-                    result_json="null",
-                    release=store.step_defs_of(workflow_id, [step])[step]["release"],
-                ),
-            ],
-        )
-        ready.extend(applied.ready)
+        record_start(store, workflow_id, step)
+        ready.extend(record_success(store, workflow_id, step))
+    return workflow_id, ready
+
+
+def test_a_ready_counter_step_lost_by_a_crash_is_published_by_recovery(client: Client) -> None:
+    from orchestrator.compiler import compile_workflow
+
+    # N shape, so every step is on counters.
+    spec: dict[str, Any] = {
+        "name": "stranded-counters",
+        "steps": [
+            {"id": "a", "task": "treadle.noop"},
+            {"id": "b", "task": "treadle.noop"},
+            {"id": "c", "task": "treadle.noop", "after": ["a", "b"]},
+            {"id": "d", "task": "treadle.noop", "after": ["b"]},
+        ],
+    }
+    compiled = compile_workflow(client.orchestrator.checker.check(spec))
+    assert compiled.counters == {"a", "b", "c", "d"}
+    workflow_id, ready = died_before_publishing(client, spec)
     assert sorted(ready) == ["c", "d"]  # released, never published
     status = client.wait(workflow_id, timeout_s=30)
     assert status["state"] == "succeeded"
@@ -290,52 +272,20 @@ def test_a_ready_counter_step_lost_by_a_crash_is_published_by_recovery(client: C
 def test_a_chords_gate_lost_by_a_crash_is_published_by_recovery_with_its_part(
     client: Client,
 ) -> None:
-    import time as clock
-
     from orchestrator.compiler import Group, Task, compile_workflow
-    from orchestrator.store import Change
 
-    # Back-to-back parallel stages: `c` and `d` wait behind one gate, `c`. We play the
-    # part of a worker that recorded `a` and `b` as succeeded and died before publishing
-    # what the gate holds back.
-    workflow = client.orchestrator.checker.check(
-        {
-            "name": "stranded-gate",
-            "stages": [
-                {"parallel": [{"id": s, "task": "treadle.noop"} for s in ("a", "b")]},
-                {"parallel": [{"id": s, "task": "treadle.noop"} for s in ("c", "d")]},
-                {"id": "end", "task": "treadle.noop"},
-            ],
-        }
-    )
-    compiled = compile_workflow(workflow)
+    # Back-to-back parallel stages: `c` and `d` wait behind one gate, `c`.
+    spec: dict[str, Any] = {
+        "name": "stranded-gate",
+        "stages": [
+            {"parallel": [{"id": s, "task": "treadle.noop"} for s in ("a", "b")]},
+            {"parallel": [{"id": s, "task": "treadle.noop"} for s in ("c", "d")]},
+            {"id": "end", "task": "treadle.noop"},
+        ],
+    }
+    compiled = compile_workflow(client.orchestrator.checker.check(spec))
     assert compiled.split().held == {"c": Group((Task("c"), Task("d"))), "end": Task("end")}
-    store = client.orchestrator.store
-    workflow_id = f"stranded-gate-{clock.time_ns()}"
-    store.create(workflow_id, workflow, compiled)
-    store.set_fields(workflow_id, {"dispatched_at": repr(clock.time())})
-    ready: list[str] = []
-    for step in ("a", "b"):
-        now = clock.time()
-        store.apply(
-            workflow_id,
-            [Change(step, "pending", "running", {"attempts": 1, "started_at": now}, {"at": now})],
-        )
-        applied = store.apply(
-            workflow_id,
-            [
-                Change(
-                    step,
-                    "running",
-                    "succeeded",
-                    {"finished_at": now},
-                    {"at": now},
-                    result_json="null",
-                    release=store.step_defs_of(workflow_id, [step])[step]["release"],
-                ),
-            ],
-        )
-        ready.extend(applied.ready)
+    workflow_id, ready = died_before_publishing(client, spec)
     assert ready == ["c"]  # released, never published; `d` goes with it
     status = client.wait(workflow_id, timeout_s=30)
     assert status["state"] == "succeeded"

@@ -13,8 +13,8 @@ from config.settings import Settings
 from orchestrator.client import Client
 from orchestrator.compiler import compile_workflow
 from orchestrator.keys import Keys
-from orchestrator.store import Change, StateStore, lua_script
-from tests.faults import CuttingProxy
+from orchestrator.store import StateStore, lua_script
+from tests.faults import CuttingProxy, record_start, record_success
 
 N_SHAPE = {
     "name": "lost-replies",
@@ -44,40 +44,12 @@ def stored_workflow(client: Client, store: StateStore) -> str:
     return workflow_id
 
 
-def start(store: StateStore, workflow_id: str, step: str) -> None:
-    now = time.time()
-    store.apply(
-        workflow_id,
-        [Change(step, "pending", "running", {"attempts": 1, "started_at": now}, {"at": now})],
-    )
-
-
-def finish(store: StateStore, workflow_id: str, step: str) -> tuple[str, ...]:
-    now = time.time()
-    release = store.step_defs_of(workflow_id, [step])[step]["release"]
-    applied = store.apply(
-        workflow_id,
-        [
-            Change(
-                step,
-                "running",
-                "succeeded",
-                {"finished_at": now},
-                {"at": now},
-                result_json="null",
-                release=release,
-            )
-        ],
-    )
-    return applied.ready
-
-
 def test_a_transition_whose_reply_was_lost_is_applied_once(
     client: Client, store: StateStore, proxy: CuttingProxy
 ) -> None:
     workflow_id = stored_workflow(client, store)
     proxy.cut_reply_to(b"EVALSHA")
-    start(store, workflow_id, "a")
+    record_start(store, workflow_id, "a")
     assert proxy.cuts == 1
     entries, _ = store.audit_entries(workflow_id)
     assert len(entries) == 2  # the submission and one start, not two
@@ -91,12 +63,12 @@ def test_a_repeated_release_counts_down_once_and_still_reports_what_it_freed(
 ) -> None:
     workflow_id = stored_workflow(client, store)
     for step in ("a", "b"):
-        start(store, workflow_id, step)
-    assert finish(store, workflow_id, "a") == ()
+        record_start(store, workflow_id, step)
+    assert record_success(store, workflow_id, "a") == ()
     proxy.cut_reply_to(b"EVALSHA")
     # b is the last dependency of both c and d: the retried call must say so, or they
     # would wait for the recovery sweep.
-    assert sorted(finish(store, workflow_id, "b")) == ["c", "d"]
+    assert sorted(record_success(store, workflow_id, "b")) == ["c", "d"]
     assert proxy.cuts == 1
     assert store.waiting_counts(workflow_id) == {"c": 0, "d": 0}
     fields = store.workflow_fields(workflow_id)
