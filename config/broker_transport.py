@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -53,9 +52,6 @@ BINDINGS_KEPT_S = 10.0
 # channel (whose broker may be gone) before it gives up on them.
 FLUSH_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 1.0
-# How long the writer gathers writes before it sends them: a step acknowledged within it
-# needs no record of its delivery at all.
-GATHER_S = 0.02
 
 log = logging.getLogger("treadle.broker")
 
@@ -77,44 +73,14 @@ def in_line(signature: Mapping[str, Any]) -> dict[str, Any]:
     return {**signature, "options": options}
 
 
-@dataclass(frozen=True)
-class _Remember:
-    """kombu's record of a delivered message: its tag in the index, its body in the hash."""
-
-    tag: str
-    at: float
-    body: str
-    index: str
-    unacked: str
-
-    def __call__(self, pipe: Any) -> None:
-        pipe.zadd(self.index, {self.tag: self.at})
-        pipe.hset(self.unacked, self.tag, self.body)
-
-
-@dataclass(frozen=True)
-class _Forget:
-    """The removal of that record when the message is acknowledged."""
-
-    tag: str
-    index: str
-    unacked: str
-
-    def __call__(self, pipe: Any) -> None:
-        pipe.zrem(self.index, self.tag)
-        pipe.hdel(self.unacked, self.tag)
-
-
 class WriteBehind:
     """Writes of one channel, sent in the order given by a thread of their own, as many to
-    a round trip as gather in a moment (``GATHER_S``); a delivery acknowledged within that
-    moment is neither remembered nor forgotten.
+    a round trip as have gathered meanwhile.
 
     kombu's event loop waits for each bookkeeping write (a round trip and, with
     ``appendfsync always``, an fsync), twice per message, while the pool processes wait for
-    their next message; sent from here, they cost the loop nothing, and a short step's
-    message costs Redis no bookkeeping at all. No library does this: redis-py has no
-    asynchronous pipeline for a synchronous client, and kombu none at all.
+    their next message; sent from here, they cost the loop nothing. No library does this:
+    redis-py has no asynchronous pipeline for a synchronous client, and kombu none at all.
     """
 
     def __init__(self, channel: Any) -> None:
@@ -123,10 +89,8 @@ class WriteBehind:
         self._pending: list[Callable[[Any], object]] = []
         self._submitted = 0
         self._written = 0
-        self._waiting = 0  # callers of flush: what they wait for goes at once
         self._closed = False
         self._thread: threading.Thread | None = None
-        self.skipped = 0  # deliveries acknowledged before their record was written
 
     def submit(self, write: Callable[[Any], object]) -> None:
         """Queue ``write(pipeline)``; done at once, and waited for, once closed."""
@@ -141,8 +105,7 @@ class WriteBehind:
                     self._thread.start()
                 self._pending.append(write)
                 self._submitted += 1
-                if len(self._pending) == 1:
-                    self._changed.notify_all()
+                self._changed.notify_all()
                 return
         with self._channel.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
@@ -150,15 +113,10 @@ class WriteBehind:
             pipe.execute()
 
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
-        """Write what was submitted so far, now; False if it is not written in time."""
+        """Wait until what was submitted so far is written; False if it is not by then."""
         with self._changed:
             target = self._submitted
-            self._waiting += 1
-            self._changed.notify_all()
-            try:
-                return self._changed.wait_for(lambda: self._written >= target, timeout_s)
-            finally:
-                self._waiting -= 1
+            return self._changed.wait_for(lambda: self._written >= target, timeout_s)
 
     def close(self) -> None:
         """Write what is queued (for a while at most), then stop the thread."""
@@ -178,23 +136,13 @@ class WriteBehind:
                 self._changed.wait_for(lambda: self._pending or self._closed)
                 if self._closed:
                     return
-                deadline = time.monotonic() + GATHER_S
-                while not self._waiting and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._changed.wait(left)
                 batch, self._pending = self._pending, []
-            kept = _without_cancelled(batch)
-            self._write(kept)
+            self._write(batch)
             with self._changed:
-                self.skipped += (len(batch) - len(kept)) // 2
                 self._written += len(batch)
                 self._changed.notify_all()
 
     def _write(self, batch: list[Callable[[Any], object]]) -> None:
-        if not batch:
-            return
         pause = 0.05
         while True:
             try:
@@ -213,13 +161,6 @@ class WriteBehind:
                 pause = min(pause * 2, 2.0)
 
 
-def _without_cancelled(batch: list[Callable[[Any], object]]) -> list[Callable[[Any], object]]:
-    """``batch`` less each record whose removal is in it too (tags are never reused)."""
-    remembered = {w.tag for w in batch if isinstance(w, _Remember)}
-    gone = {w.tag for w in batch if isinstance(w, _Forget)} & remembered
-    return [w for w in batch if not (isinstance(w, (_Remember, _Forget)) and w.tag in gone)]
-
-
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
     """kombu's bookkeeping of delivered messages, without MULTI and EXEC around it, and
     written behind the event loop.
@@ -229,15 +170,13 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
     and the reader that restores lost messages (``restore_visible``) already copes with a
     tag in the index whose message is gone.
 
-    Written behind (``WriteBehind``), a record lags its message by up to ``GATHER_S``, and
-    a message acknowledged within that time is never recorded. A message acknowledged but
-    not yet forgotten when its worker dies is delivered again after the visibility timeout
-    and finds its step ended: a step runs once. One delivered but not yet remembered is
-    lost with its worker, as one already was between BRPOP and the write that remembers
-    it; the recovery sweep republishes it from its ticket (``orchestrator.orphans``), which
-    kombu's record could not do sooner (the sweep restores a dead worker's records only
-    once its heartbeat is gone). Everything that reads the records back for this channel
-    (a requeue, a restore) has them written first."""
+    Written behind (``WriteBehind``), a record can lag its message by a moment. A message
+    acknowledged but not yet forgotten when its worker dies is delivered again after the
+    visibility timeout and finds its step ended: a step runs once. One delivered but not
+    yet remembered is lost with its worker, as one is today between BRPOP and the write
+    that remembers it; the recovery sweep republishes it from its ticket
+    (``orchestrator.orphans``). Everything that reads the records back for this channel
+    (a requeue, a restore) waits for them first."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -256,11 +195,15 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         index, unacked, at = self.unacked_index_key, self.unacked_key, time.time()
 
-        self.behind.submit(_Remember(delivery_tag, at, record, index, unacked))
+        def remember(pipe: Any) -> None:
+            pipe.zadd(index, {delivery_tag: at})
+            pipe.hset(unacked, delivery_tag, record)
+
+        self.behind.submit(remember)
         kombu_virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
-        self.behind.submit(_Forget(delivery_tag, self.unacked_index_key, self.unacked_key))
+        self.behind.submit(lambda pipe: self._remove_from_indices(delivery_tag, pipe))
         kombu_virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:

@@ -18,7 +18,6 @@ from config.celery_app import make_app
 from config.queues import queue_for
 from config.settings import Settings
 from config.topology import PriorityClass
-from ops.bench.redis_stats import monitored
 from orchestrator.stack import Stack
 from orchestrator.tickets import key_of_payload
 from tests.conftest import spare_app, spare_database
@@ -107,34 +106,6 @@ def test_delivery_records_are_all_written_and_forgotten(app: Celery, direct: red
         assert qos.behind.flush()
         assert unacked(direct) == (0, 0)
         assert direct.llen(QUEUE) == 0
-
-
-def test_a_delivery_acknowledged_at_once_is_never_recorded(
-    app: Celery, direct: redis.Redis, stack: Stack
-) -> None:
-    publish(app, 2)
-    with app.connection_for_read() as connection:
-        channel: Any = connection.default_channel
-        qos = channel.qos
-        with monitored(stack.redis_url, DB) as seen:
-            gate = stall(qos, 0.3)  # the delivery and its ack wait in one batch
-            quick = channel.basic_get(QUEUE, no_ack=False)
-            quick.ack()
-            assert qos.behind.flush()
-            assert gate.is_set()
-            slow = channel.basic_get(QUEUE, no_ack=False)
-            assert qos.behind.flush()  # written before its ack comes
-            slow.ack()
-            assert qos.behind.flush()
-        assert qos.behind.skipped == 1
-        # The slow one's record only: remembered, then forgotten.
-        assert {name: seen.by_client[name] for name in ("zadd", "hset", "zrem", "hdel")} == {
-            "zadd": 1,
-            "hset": 1,
-            "zrem": 1,
-            "hdel": 1,
-        }
-        assert unacked(direct) == (0, 0)
 
 
 def test_a_requeue_waits_for_the_record_of_its_message(app: Celery, direct: redis.Redis) -> None:
