@@ -3,17 +3,20 @@ and say how long each step waited for its dependencies and ran. Pure.
 
 Clock-free where it matters: the audit list is totally ordered by the Lua script that
 appends to it, so "b started after a succeeded" is a comparison of positions, not of
-worker clocks. Waits and run times do use the recorded times.
+worker clocks; and the record of b's start names the last record of each dependency's
+chain (``after``), which seals that order against the list being reordered. Waits and
+run times do use the recorded times.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.audit import chain_problems
+from orchestrator.audit import GENESIS, chain_of, chain_problems
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ def order_problems(
     started: dict[str, list[int]] = {}
     ended: dict[str, list[tuple[int, str]]] = {}
     succeeded: dict[str, int] = {}
+    problems = _unsealed_order(entries)
     for position, record in enumerate(_records(entries)):
         step, to = record.get("step_id"), record.get("to")
         if step is None:
@@ -111,7 +115,7 @@ def order_problems(
             ended.setdefault(step, []).append((position, to))
             if to == "succeeded":
                 succeeded[step] = succeeded.get(step, 0) + 1
-    problems = [f"step {s} succeeded {n} times" for s, n in succeeded.items() if n > 1]
+    problems += [f"step {s} succeeded {n} times" for s, n in succeeded.items() if n > 1]
     lenient = set(all_done)
     for step, deps in after.items():
         for start in started.get(step, []):
@@ -128,14 +132,33 @@ def order_problems(
     return problems
 
 
+def _unsealed_order(entries: Sequence[str]) -> list[str]:
+    """Starts whose ``after`` does not name their dependencies' last records before them:
+    the list was reordered across chains (each chain's own order is checked by its
+    hashes)."""
+    problems = []
+    ends: dict[str, str] = {}  # where each chain ends, record by record
+    for position, (text, record) in enumerate(zip(entries, _records(entries), strict=True)):
+        for dep, end in (record.get("after") or {}).items():
+            if ends.get(dep, GENESIS) != end:
+                problems.append(
+                    f"record {position}: step {record.get('step_id')} names a record of {dep} "
+                    "that is not the last one before it (reordered)"
+                )
+        ends[chain_of(record)] = hashlib.sha256(text.encode()).hexdigest()
+    return problems
+
+
 def audit(
     workflow_id: str,
     entries: Sequence[str],
-    tail: str,
+    tails: Mapping[str, str] | str,
     after: Mapping[str, Sequence[str]],
     all_done: Iterable[str] = (),
 ) -> AuditReport:
-    problems = chain_problems(entries, tail)
+    """``tails``: where the store says each chain ends, or their digest (see
+    ``orchestrator.audit.chain_problems``)."""
+    problems = chain_problems(entries, tails)
     if problems:
         # A broken chain makes every other conclusion drawn from it worthless.
         return AuditReport(workflow_id, len(entries), problems)

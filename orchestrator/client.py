@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from config.settings import Settings, get_settings
 from orchestrator import metrics
-from orchestrator.audit import chain_problems
+from orchestrator.audit import chain_problems, ends_digest
 from orchestrator.audit_report import AuditReport
 from orchestrator.dead_letters import DeadLetters
 from orchestrator.errors import Refused
@@ -171,8 +171,9 @@ class BaseClient(ABC):
 
     @abstractmethod
     def audit_log(self, workflow_id: str) -> tuple[builtins.list[str], str]:
-        """The stored audit records (canonical JSON texts, in order) and the hash of the
-        last one that the workflow points to: enough to check the chain yourself."""
+        """The stored audit records (canonical JSON texts, in order) and the digest of
+        where the store says their chains end (``orchestrator.audit.ends_digest``): enough
+        to check the trail yourself with ``orchestrator.audit.chain_problems``."""
 
 
 class Client(BaseClient):
@@ -236,15 +237,16 @@ class Client(BaseClient):
         return self.orchestrator.audit(workflow_id)
 
     def audit_log(self, workflow_id: str) -> tuple[builtins.list[str], str]:
-        return self.orchestrator.store.audit_entries(workflow_id)
+        entries, tails = self.orchestrator.store.audit_entries(workflow_id)
+        return entries, ends_digest(tails)
 
     def metrics_text(self) -> str:
         body, _ = metrics.exposition(self.orchestrator.store, self.orchestrator.checker.topology)
         return body.decode()
 
     def audit_chain_problems(self, workflow_id: str) -> builtins.list[str]:
-        """Where the stored audit chain was changed or cut (empty when intact)."""
-        return chain_problems(*self.audit_log(workflow_id))
+        """Where the stored audit chains were changed or cut (empty when intact)."""
+        return chain_problems(*self.orchestrator.store.audit_entries(workflow_id))
 
 
 __all__ = ["BaseClient", "Client", "DeadLetterQueue"]

@@ -19,7 +19,8 @@ Pure: no I/O (the store reads; this keeps).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 MAX_BYTES = 1 << 20
 ENTRY_OVERHEAD = 100  # bytes a kept definition costs besides its text (key, dict slot)
@@ -29,25 +30,32 @@ _REMEMBERED = 1024  # workflows remembered as seen once, or as read one by one
 class DefinitionCache:
     def __init__(self, max_bytes: int = MAX_BYTES):
         self.max_bytes = max_bytes
-        # workflow id -> (its submission number, step id -> definition as stored)
-        self._kept: OrderedDict[str, tuple[int, dict[str, bytes]]] = OrderedDict()
+        # workflow id -> (its generation, step id -> definition as stored, its fields)
+        self._kept: OrderedDict[str, tuple[Hashable, dict[str, bytes], dict[str, Any]]] = (
+            OrderedDict()
+        )
         self._bytes: dict[str, int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()  # read one step so far
         self._one_by_one: OrderedDict[str, None] = OrderedDict()  # never read whole
         self.size = 0  # bytes kept, as estimated
 
-    def get(self, workflow_id: str, sequence: int | None, step_id: str) -> bytes | None:
-        """The kept definition; ``sequence`` None: whichever submission is kept (the
-        caller checks it against the one it reads)."""
+    def get(self, workflow_id: str, generation: Hashable | None, step_id: str) -> bytes | None:
+        """The kept definition; ``generation`` None: whichever is kept (the caller checks
+        it against the one it reads)."""
         kept = self._kept.get(workflow_id)
-        if kept is None or (sequence is not None and kept[0] != sequence):
+        if kept is None or (generation is not None and kept[0] != generation):
             return None
         self._kept.move_to_end(workflow_id)
         return kept[1].get(step_id)
 
-    def sequence_of(self, workflow_id: str) -> int | None:
+    def generation_of(self, workflow_id: str) -> Hashable | None:
         kept = self._kept.get(workflow_id)
         return None if kept is None else kept[0]
+
+    def fields_of(self, workflow_id: str) -> Mapping[str, Any] | None:
+        """The workflow's fields kept with its definitions (as ``keep_all`` was given)."""
+        kept = self._kept.get(workflow_id)
+        return None if kept is None else kept[2]
 
     def wants_all(self, workflow_id: str) -> bool:
         """Whether to read all of the workflow's definitions now: the second time one of
@@ -59,15 +67,25 @@ class DefinitionCache:
         _remember(self._seen, workflow_id)
         return False
 
-    def keep_all(self, workflow_id: str, sequence: int, definitions: Mapping[bytes, bytes]) -> None:
-        """Keep every definition of the workflow (as HGETALL gives them)."""
+    def keep_all(
+        self,
+        workflow_id: str,
+        generation: Hashable,
+        definitions: Mapping[bytes, bytes],
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Keep every definition of the workflow (as HGETALL gives them), and its fields."""
         self.forget(workflow_id)
         self._seen.pop(workflow_id, None)
         size = sum(len(v) + ENTRY_OVERHEAD for v in definitions.values())
         if size > self.max_bytes:
             _remember(self._one_by_one, workflow_id)
             return
-        self._kept[workflow_id] = (sequence, {k.decode(): v for k, v in definitions.items()})
+        self._kept[workflow_id] = (
+            generation,
+            {k.decode(): v for k, v in definitions.items()},
+            dict(fields or {}),
+        )
         self._bytes[workflow_id] = size
         self.size += size
         while self.size > self.max_bytes:
@@ -75,10 +93,12 @@ class DefinitionCache:
             self.size -= self._bytes.pop(dropped)
             _remember(self._one_by_one, dropped)
 
-    def keep_one(self, workflow_id: str, sequence: int, step_id: str, definition: bytes) -> None:
+    def keep_one(
+        self, workflow_id: str, generation: Hashable, step_id: str, definition: bytes
+    ) -> None:
         """Add a definition created after the rest were kept (a fan-out's item)."""
         kept = self._kept.get(workflow_id)
-        if kept is None or kept[0] != sequence or step_id in kept[1]:
+        if kept is None or kept[0] != generation or step_id in kept[1]:
             return
         if self.size + len(definition) + ENTRY_OVERHEAD > self.max_bytes:
             return  # read one by one instead

@@ -35,7 +35,7 @@ from orchestrator.compiler import (
 )
 from orchestrator.states import StepState
 from orchestrator.step_messages import StepMessages
-from orchestrator.store import Change, Conflict, StateStore
+from orchestrator.store import ANY, Change, Conflict, StateStore
 
 StepDefs = Mapping[str, Mapping[str, Any]]
 
@@ -175,18 +175,15 @@ def mark_queued(store: StateStore, workflow_id: str, step_ids: list[str]) -> Non
     pending = list(step_ids)
     for _ in range(8):
         now = time.time()
-        changes = [
-            Change(
-                sid,
-                StepState.pending.value,
-                StepState.queued.value,
-                {"queued_at": now},
-                {"at": now},
-            )
+        if not pending:
+            return
+        # One record for the batch, on the workflow's own chain: the steps' own chains then
+        # begin with their first start, which a worker can seal without reading them.
+        changes = [Change(None, ANY, ANY, {}, {"at": now, "queued": pending})]
+        changes += [
+            Change(sid, StepState.pending.value, StepState.queued.value, {"queued_at": now}, None)
             for sid in pending
         ]
-        if not changes:
-            return
         try:
             store.apply(workflow_id, changes)
             return

@@ -47,7 +47,7 @@ def finish_workflow(app: Celery, store: StateStore, workflow_id: str) -> str | N
         store.apply(
             workflow_id,
             [Change(None, wf["state"], new.value, fields, {"at": now, "steps_failed": failed})],
-            tail=wf.get("audit_tail"),
+            tails={"": wf.get("audit_tail") or ""},
         )
     except Conflict:
         return None
@@ -111,7 +111,7 @@ def _start_compensation(
         for cid, d in new_defs.items()
     ]
     try:
-        store.apply(workflow_id, changes, tail=wf.get("audit_tail"))
+        store.apply(workflow_id, changes, tails={"": wf.get("audit_tail") or ""})
     except Conflict:
         return False
     ids = list(new_defs)

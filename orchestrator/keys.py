@@ -1,11 +1,16 @@
 """The one place that knows treadle's Redis key layout.
 
-{p}:wf:{id}            hash   the workflow: name, state, priority, params, counters,
-                              audit_tail (hash of the last audit record), canvas
-{p}:wf:{id}:defs       hash   step id -> the step's definition (JSON, immutable)
-{p}:wf:{id}:steps      hash   step id -> the step's record (JSON: state, attempts, times)
+{p}:wf:{id}            hash   the workflow: name, state, priority, params, counters, seq,
+                              defs_rev (definitions rewritten: a resume), canvas,
+                              audit_tail (hash of the workflow's own last audit record)
+{p}:wf:{id}:defs       hash   step id -> the step's definition (JSON; rewritten only by
+                              a resume, which bumps defs_rev)
+{p}:wf:{id}:steps      hash   step id -> the step's record (JSON: state, attempts, times,
+                              tail: hash of the step's last audit record)
 {p}:wf:{id}:results    hash   step id -> the step's result (JSON, stored once)
-{p}:wf:{id}:audit      list   transition records, each carrying the hash of the one before
+{p}:wf:{id}:audit      list   transition records in the order they were made, each
+                              carrying the hash of the one before it in its own chain
+                              (its step's, or the workflow's; see orchestrator.audit)
 {p}:workflows          zset   workflow id by submission time
 {p}:idem:{key}         string workflow id submitted under an idempotency key
 {p}:seq                string submission counter (orders steps that share a concurrency key)

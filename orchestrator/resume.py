@@ -101,7 +101,7 @@ def resume(app: Celery, store: StateStore, workflow_id: str) -> Resumed:
                 changes.append(_reset(item, state or "", now, None))
         store.set_waiting(workflow_id, waiting_counts(new_defs, compiled))
         try:
-            store.apply(workflow_id, changes, tail=fields.get("audit_tail"))
+            store.apply(workflow_id, changes, tails={"": fields.get("audit_tail") or ""})
         except Conflict:
             continue
         letters = DeadLetters(store)

@@ -249,7 +249,7 @@ class Orchestrator:
                         )
                     )
             try:
-                self.store.apply(workflow_id, changes, tail=fields.get("audit_tail"))
+                self.store.apply(workflow_id, changes, tails={"": fields.get("audit_tail") or ""})
             except Conflict:
                 continue
             if running:
@@ -289,11 +289,11 @@ class Orchestrator:
 
     def audit(self, workflow_id: str) -> AuditReport:
         """Check the recorded run against its graph (``treadle audit``)."""
-        entries, tail = self.store.audit_entries(workflow_id)
+        entries, tails = self.store.audit_entries(workflow_id)
         defs = self.store.step_defs(workflow_id)
         after = {s: d.get("after", []) for s, d in defs.items()}
         all_done = [s for s, d in defs.items() if d.get("trigger") == "all_done"]
-        return audit(workflow_id, entries, tail, after, all_done)
+        return audit(workflow_id, entries, tails, after, all_done)
 
     def ready(self) -> bool:
         """Redis answers now (one ping, no retrying)."""

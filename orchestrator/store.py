@@ -27,8 +27,11 @@ from orchestrator.limits import ORDER_STRIDE
 from orchestrator.model import Workflow
 from orchestrator.states import StepState, WorkflowState
 
-# Retries of a compare-and-set that lost to a concurrent writer of the same workflow.
+# Retries of a compare-and-set that lost to a concurrent writer of the same chain.
 _MAX_STALE_RETRIES = 64
+
+# A change's expected and new state for "whatever it is": a record that moves no state.
+ANY = "*"
 
 
 def lua_script(name: str) -> str:
@@ -44,7 +47,8 @@ class Change:
     expected: str
     new: str
     fields: Mapping[str, Any] = field(default_factory=dict)
-    record: Mapping[str, Any] = field(default_factory=dict)
+    # Its audit record; None for none (a batch record of the workflow says what it did).
+    record: Mapping[str, Any] | None = field(default_factory=dict)
     result_json: str | None = None
     release: Sequence[str] = ()  # counter dependents whose count this change lowers
     definition: Mapping[str, Any] | None = None  # for a step this change creates
@@ -78,11 +82,24 @@ class Applied:
     steps_total: int
     workflow_state: str
     ready: tuple[str, ...] = ()  # counter steps whose last dependency this change ended
-    tail: str = ""  # the audit tail after this change's records
+    # Where the chains this batch appended to end now (step id, or "" for the workflow).
+    tails: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
         return self.steps_done >= self.steps_total
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What a worker presumed of a workflow it did not read (see ``presume_step``)."""
+
+    seq: str  # its submission number
+    rev: int  # how often its definitions were rewritten
+    states: tuple[str, ...] = (WorkflowState.pending.value, WorkflowState.running.value)
+
+    def encode(self) -> str:
+        return json.dumps({"seq": self.seq, "rev": self.rev, "states": list(self.states)})
 
 
 class Conflict(Exception):
@@ -108,9 +125,21 @@ class StepView:
     params: dict[str, Any]
     results: dict[str, Any]
     dependency_states: dict[str, str]
-    audit_tail: str
+    dependency_tails: dict[str, str] = field(default_factory=dict)  # their chains' ends
     tenant: str = ""
     sequence: int = 0  # the workflow's submission number (orders concurrency-key waiters)
+    # Set when nothing was read: the record is presumed (a step never started, queued),
+    # and a claim applies only if what it presumed of the workflow holds.
+    presumed: Guard | None = None
+
+    @property
+    def tail(self) -> str:
+        """The end of the step's own audit chain, as read."""
+        return str(self.record.get("tail") or "")
+
+    @property
+    def tails(self) -> dict[str, str]:
+        return {self.step_id: self.tail}
 
     @property
     def pool(self) -> str:
@@ -262,14 +291,18 @@ class StateStore:
         self,
         workflow_id: str,
         changes: Sequence[Change],
-        tail: str | None = None,
+        tails: Mapping[str, str] | None = None,
         measured: bool = False,
+        guard: Guard | None = None,
     ) -> Applied:
         """Apply ``changes`` atomically; raises Conflict if a target moved on meanwhile.
 
-        ``tail`` is the audit tail the caller last saw (a guess; a stale guess costs one
-        more round trip, never a wrong chain). ``measured``: the caller observes the run
-        and wait times of the first change's step itself (``workers.observations``).
+        ``tails``: where the caller last saw the audit chains of the targets end (step id,
+        or "" for the workflow's own); those it does not give are read first. A stale end
+        costs one more round trip, never a wrong chain, unless the batch is guarded
+        (``guard``: what a worker presumed without reading), which then conflicts.
+        ``measured``: the caller observes the run and wait times of the first change's
+        step itself (``workers.observations``).
         """
         keys = [
             self.keys.workflow(workflow_id),
@@ -285,37 +318,45 @@ class StateStore:
             self.keys.outstanding,
             self.keys.metrics,
         ]
-        if tail is None:
-            tail = text(self._guard(lambda: self.redis.hget(keys[0], "audit_tail")) or b"")
+        ends = dict(tails or {})
+        unknown = {c.target or "" for c in changes if c.record is not None} - set(ends)
+        if unknown:
+            ends.update(self._chain_ends(workflow_id, unknown))
         # The same token on every try of this batch, so the script can tell a repeat.
         token = uuid.uuid4().hex
         for _ in range(_MAX_STALE_RETRIES):
             args: list[Any] = []
-            prev = tail
+            sealed_ends = dict(ends)
             for change in changes:
-                sealed, prev = audit.seal(
-                    {
-                        "workflow_id": workflow_id,
-                        "step_id": change.target,
-                        "from": change.expected,
-                        "to": change.new,
-                        **change.record,
-                    },
-                    prev,
-                )
+                chain = change.target or ""
+                sealed, prev, new_end = "", "", ""
+                if change.record is not None:
+                    prev = sealed_ends.get(chain, audit.GENESIS)
+                    record: dict[str, Any] = {"workflow_id": workflow_id, "step_id": change.target}
+                    if (change.expected, change.new) != (ANY, ANY):  # else a note, no move
+                        record.update({"from": change.expected, "to": change.new})
+                    sealed, new_end = audit.seal({**record, **change.record}, prev)
+                    sealed_ends[chain] = new_end
                 args += [
                     change.target or "",
                     change.expected,
                     change.new,
                     json.dumps(change.fields),
                     sealed,
+                    prev,
+                    new_end,
                     change.result_json or "",
                     json.dumps(list(change.release)) if change.release else "",
                     json.dumps(change.definition) if change.definition is not None else "",
                     change.delayed.encode() if change.delayed is not None else "",
                     _encode_letter(change.dead_letter),
                 ]
-            head = [tail, prev, len(changes), token, "1" if measured else ""]
+            head = [
+                guard.encode() if guard is not None else "",
+                len(changes),
+                token,
+                "1" if measured else "",
+            ]
             reply = self.run_script(self._transition, keys=keys, args=[*head, *args])
             status = text(reply[0])
             if status == "ok":
@@ -324,13 +365,30 @@ class StateStore:
                     int(reply[2] or 0),
                     text(reply[3]),
                     tuple(text(r) for r in reply[4:]),
-                    tail=prev,
+                    tails=sealed_ends,
                 )
             if status == "stale":
-                tail = text(reply[1])
+                target, end = text(reply[1]), text(reply[2])
+                if guard is not None:
+                    raise Conflict(target or None, "moved on")
+                ends[target] = end
                 continue
             raise Conflict(text(reply[1]) or None, text(reply[2]))
         raise Unreachable(f"workflow {workflow_id}: audit chain too contended to append to")
+
+    def _chain_ends(self, workflow_id: str, chains: Iterable[str]) -> dict[str, str]:
+        """Where the given audit chains end now ("" for the workflow's own records)."""
+        steps = sorted(c for c in chains if c)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.workflow(workflow_id), "audit_tail")
+            if steps:
+                pipe.hmget(self.keys.steps(workflow_id), steps)
+            replies = self.execute(pipe)
+        ends = {"": text(replies[0] or b"")}
+        if steps:
+            for step, raw in zip(steps, replies[1], strict=True):
+                ends[step] = str(json.loads(raw).get("tail") or "") if raw else ""
+        return ends
 
     # -- reading -------------------------------------------------------------------------
 
@@ -346,56 +404,78 @@ class StateStore:
             elif kept is None:
                 pipe.hget(k.defs(workflow_id), step_id)
             pipe.hget(k.steps(workflow_id), step_id)
-            pipe.hmget(
-                k.workflow(workflow_id),
-                "state",
-                "priority",
-                "on_failure",
-                "params",
-                "audit_tail",
-                "tenant",
-                "seq",
-            )
+            pipe.hmget(k.workflow(workflow_id), *_KEPT_FIELDS)
             replies = self.execute(pipe)
         raw_record, wf = replies[-2:]
-        sequence = int(wf[6] or 0)
-        raw_def = self._definition(workflow_id, step_id, sequence, kept, replies[0], read_all)
-        if raw_def is None or raw_record is None or wf[0] is None:
+        fields = dict(zip(_KEPT_FIELDS, (None if v is None else text(v) for v in wf), strict=True))
+        raw_def = self._definition(workflow_id, step_id, fields, kept, replies[0], read_all)
+        if raw_def is None or raw_record is None or fields["state"] is None:
             raise NotFound(f"workflow {workflow_id} has no step {step_id!r}")
         definition = json.loads(raw_def)
         deps = definition.get("after") or []
         results: dict[str, Any] = {}
-        dep_states: dict[str, str] = {}
+        dep_records: dict[str, dict[str, Any]] = {}
         if deps:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(k.results(workflow_id), deps)
                 pipe.hmget(k.steps(workflow_id), deps)
                 values, records = self.execute(pipe)
             results = {d: json.loads(v) for d, v in zip(deps, values, strict=True) if v is not None}
-            dep_states = {
-                d: json.loads(r)["state"] for d, r in zip(deps, records, strict=True) if r
-            }
+            dep_records = {d: json.loads(r) for d, r in zip(deps, records, strict=True) if r}
         return StepView(
             workflow_id=workflow_id,
             step_id=step_id,
             definition=definition,
             record=json.loads(raw_record),
-            workflow_state=text(wf[0]),
-            priority=text(wf[1]),
-            on_failure=text(wf[2]),
-            params=json.loads(wf[3] or b"{}"),
+            workflow_state=str(fields["state"]),
+            priority=fields["priority"] or "",
+            on_failure=fields["on_failure"] or "",
+            params=json.loads(fields["params"] or "{}"),
             results=results,
-            dependency_states=dep_states,
-            audit_tail=text(wf[4] or b""),
-            tenant=text(wf[5]),
-            sequence=int(wf[6] or 0),
+            dependency_states={d: r["state"] for d, r in dep_records.items()},
+            dependency_tails={d: str(r.get("tail") or "") for d, r in dep_records.items()},
+            tenant=fields["tenant"] or "",
+            sequence=int(fields["seq"] or 0),
+        )
+
+    def presume_step(self, workflow_id: str, step_id: str) -> StepView | None:
+        """The view of a step with no dependencies that this process can tell without
+        reading: its definition and its workflow's fields as kept, presuming it queued and
+        never started (the common case of a step's first message). A claim from it is
+        guarded (``Guard``), so a wrong presumption costs a conflict and then a read,
+        never a wrong claim. None if the step has dependencies (their results are its
+        input), is an item of a fan-out (created pending) or has a condition, or nothing is
+        kept."""
+        cache = self.definitions
+        fields = cache.fields_of(workflow_id) if cache is not None else None
+        raw = cache.get(workflow_id, None, step_id) if cache is not None else None
+        if fields is None or raw is None:
+            return None
+        definition = json.loads(raw)
+        if definition.get("after") or "item_of" in definition or definition.get("when"):
+            return None  # (a condition may skip it: that is decided from what was read)
+        return StepView(
+            workflow_id=workflow_id,
+            step_id=step_id,
+            definition=definition,
+            record={"state": StepState.queued.value, "attempts": 0},
+            workflow_state=WorkflowState.running.value,
+            priority=fields["priority"] or "",
+            on_failure=fields["on_failure"] or "",
+            # Parsed anew for every step: user code may change the params it is given.
+            params=json.loads(fields["params"] or "{}"),
+            results={},
+            dependency_states={},
+            tenant=fields["tenant"] or "",
+            sequence=int(fields["seq"] or 0),
+            presumed=Guard(str(fields["seq"] or ""), int(fields["defs_rev"] or 0)),
         )
 
     def _definition(
         self,
         workflow_id: str,
         step_id: str,
-        sequence: int,
+        fields: Mapping[str, str | None],
         kept: bytes | None,
         read: Any,
         read_all: bool,
@@ -404,19 +484,21 @@ class StateStore:
         cache = self.definitions
         if cache is None:
             return read  # type: ignore[no-any-return]
+        generation = (fields["seq"], fields["defs_rev"])
         if kept is not None:
-            if cache.sequence_of(workflow_id) == sequence:
+            if cache.generation_of(workflow_id) == generation:
                 return kept
-            # Forgotten and submitted again under the same id: not these definitions.
+            # Forgotten and submitted again under the same id, or resumed with rewritten
+            # definitions: not these definitions.
             cache.forget(workflow_id)
             raw = self._guard(lambda: self.redis.hget(self.keys.defs(workflow_id), step_id))
             return raw  # type: ignore[no-any-return]
         if read_all:
             if read:  # (none: the workflow is gone)
-                cache.keep_all(workflow_id, sequence, read)
+                cache.keep_all(workflow_id, generation, read, fields)
             return read.get(step_id.encode())  # type: ignore[no-any-return]
         if read is not None:
-            cache.keep_one(workflow_id, sequence, step_id, read)
+            cache.keep_one(workflow_id, generation, step_id, read)
         return read  # type: ignore[no-any-return]
 
     def workflow_for_key(self, idempotency_key: str) -> str | None:
@@ -560,15 +642,22 @@ class StateStore:
                     return out
         return out
 
-    def audit_entries(self, workflow_id: str) -> tuple[list[str], str]:
-        """The stored audit texts in order, and the tail hash the workflow points to."""
+    def audit_entries(self, workflow_id: str) -> tuple[list[str], dict[str, str]]:
+        """The stored audit texts in order, and where the workflow and its steps say their
+        chains end (step id, or "" for the workflow's own records; see ``audit``)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.lrange(self.keys.audit(workflow_id), 0, -1)
             pipe.hget(self.keys.workflow(workflow_id), "audit_tail")
-            entries, tail = self.execute(pipe)
+            pipe.hgetall(self.keys.steps(workflow_id))
+            entries, tail, records = self.execute(pipe)
         if tail is None:
             raise NotFound(f"no workflow {workflow_id!r}")
-        return [text(e) for e in entries], text(tail)
+        tails = {"": text(tail)}
+        for step, raw in records.items():
+            end = json.loads(raw).get("tail")
+            if end:
+                tails[text(step)] = str(end)
+        return [text(e) for e in entries], tails
 
     def set_fields(self, workflow_id: str, fields: Mapping[Any, str | int | float]) -> None:
         """Bookkeeping fields that are not states (no audit record needed)."""
@@ -641,6 +730,11 @@ class StateStore:
             return call()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Unreachable(f"Redis cannot be reached: {exc}") from exc
+
+
+# The workflow's fields a step's view needs: all but ``state`` never change after
+# submission but for ``defs_rev`` (a resume), so a worker keeps them with the definitions.
+_KEPT_FIELDS = ("state", "priority", "on_failure", "params", "tenant", "seq", "defs_rev")
 
 
 def _encode_letter(letter: Mapping[str, Any] | None) -> str:

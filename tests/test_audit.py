@@ -6,18 +6,24 @@ from typing import Any
 
 import pytest
 
-from orchestrator.audit import GENESIS, chain_problems, seal
+from orchestrator.audit import GENESIS, chain_problems, ends_digest, seal
 from orchestrator.audit_report import audit, order_problems
 
 AFTER = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
 
 
-def chained(records: list[dict[str, Any]]) -> tuple[list[str], str]:
-    entries, tail = [], GENESIS
+def chained(records: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """Each step's records chained together, the workflow's own together, as the store
+    does; a start names where its dependencies' chains (by ``AFTER``) end."""
+    entries: list[str] = []
+    ends: dict[str, str] = {}
     for record in records:
-        text, tail = seal(record, tail)
+        chain = record.get("step_id") or ""
+        if record.get("to") == "running" and AFTER.get(chain):
+            record = {**record, "after": {d: ends.get(d, GENESIS) for d in AFTER[chain]}}
+        text, ends[chain] = seal(record, ends.get(chain, GENESIS))
         entries.append(text)
-    return entries, tail
+    return entries, ends
 
 
 def run(*events: tuple[str | None, str, float]) -> list[dict[str, Any]]:
@@ -100,3 +106,37 @@ def test_an_edited_removed_or_reordered_record_breaks_the_chain() -> None:
     report = audit("w", edited, tail, AFTER)
     assert not report.ok and report.timings == []
     assert chain_problems(entries, tail) == []
+
+
+def test_the_digest_of_the_chains_ends_checks_the_trail_as_the_ends_do() -> None:
+    entries, tails = chained(FAITHFUL)
+    digest = ends_digest(tails)
+    assert chain_problems(entries, digest) == []
+    assert chain_problems(entries[:-1], digest)
+    assert audit("w", entries, digest, AFTER).ok
+
+
+def test_a_cut_chain_is_named_by_its_step() -> None:
+    entries, tails = chained(FAITHFUL)
+    without_c_end = [e for e in entries if '"step_id":"c","to":"succeeded"' not in e]
+    assert len(without_c_end) == len(entries) - 1
+    assert chain_problems(without_c_end, tails) == [
+        "the last record of step c is not the one it points to (cut or edited)"
+    ]
+
+
+def test_records_moved_across_chains_are_caught_by_the_start_naming_its_dependencies() -> None:
+    entries, tails = chained(FAITHFUL)
+    # b's start moved before a's end: every chain is still intact on its own...
+    b_start = next(i for i, e in enumerate(entries) if '"step_id":"b","to":"running"' in e)
+    a_end = next(i for i, e in enumerate(entries) if '"step_id":"a","to":"succeeded"' in e)
+    moved = list(entries)
+    moved.insert(a_end, moved.pop(b_start))
+    assert chain_problems(moved, tails) == []
+    # ...but b's start names a's end, which is now after it.
+    problems = order_problems(moved, AFTER)
+    assert (
+        f"record {a_end}: step b names a record of a that is not the last one before it "
+        "(reordered)" in problems
+    )
+    assert "step b started before its dependency a ended" in problems

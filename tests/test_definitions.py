@@ -20,7 +20,7 @@ def test_a_workflow_is_read_whole_the_second_time_one_of_its_steps_runs() -> Non
     assert not cache.wants_all("wf")
     assert cache.get("wf", 7, "s1") == b'{"id":"s1"}'
     assert cache.get("wf", None, "s2") == b'{"id":"s2"}'
-    assert cache.sequence_of("wf") == 7
+    assert cache.generation_of("wf") == 7
 
 
 def test_another_submission_under_the_same_id_is_not_served_the_old_definitions() -> None:
@@ -29,7 +29,7 @@ def test_another_submission_under_the_same_id_is_not_served_the_old_definitions(
     assert cache.get("wf", 8, "s1") is None
     cache.forget("wf")
     assert cache.get("wf", None, "s1") is None
-    assert cache.sequence_of("wf") is None
+    assert cache.generation_of("wf") is None
 
 
 def test_a_step_created_later_is_added_to_its_own_submission_only() -> None:
@@ -67,7 +67,7 @@ def test_the_cache_never_holds_more_than_its_bound(sizes: list[int]) -> None:
     cache = DefinitionCache(max_bytes=bound)
     for i, n in enumerate(sizes):
         cache.keep_all(f"wf{i % 7}", i, defs(n))
-        kept = sum(len(v) + ENTRY_OVERHEAD for _, d in cache._kept.values() for v in d.values())
+        kept = sum(len(v) + ENTRY_OVERHEAD for _, d, _ in cache._kept.values() for v in d.values())
         assert kept == cache.size <= bound
     last = len(sizes) - 1
     if sizes[last]:

@@ -67,7 +67,7 @@ def test_a_retry_waits_in_redis_not_in_a_worker(client: Client, redis_client: re
     assert steps["a"]["attempts"] == 2
     assert client.audit(workflow_id).ok
     records = [json.loads(e) for e in client.orchestrator.store.audit_entries(workflow_id)[0]]
-    retried = [r for r in records if r.get("step_id") == "a" and r["to"] == "running"]
+    retried = [r for r in records if r.get("step_id") == "a" and r.get("to") == "running"]
     assert retried[1]["at"] - retried[0]["at"] >= BACKOFF_S  # the backoff was honoured
     assert redis_client.zscore(keys.delayed, f"{workflow_id}/a/1") is None
 
@@ -313,7 +313,7 @@ def test_compensate_undoes_succeeded_steps_in_reverse_order(client: Client) -> N
     assert steps["pay"]["state"] == "dead-lettered"
     assert steps["ship"]["state"] == "skipped"  # never ran: nothing to undo
     records = [json.loads(e) for e in client.orchestrator.store.audit_entries(workflow_id)[0]]
-    ran = [r["step_id"] for r in records if r["to"] == "running"]
+    ran = [r["step_id"] for r in records if r.get("to") == "running"]
     assert ran[-2:] == ["compensate:b", "compensate:a"]  # b finished last: undone first
     assert client.orchestrator.store.results(workflow_id)["compensate:a"] is None
     assert client.audit(workflow_id).ok
@@ -389,7 +389,7 @@ def test_cancel_terminate_stops_a_running_step(stack: Stack, client: Client) -> 
     wait_until(stopped, 20, "the worker to stop the running step", poll_s=0.2)
     assert time.monotonic() - started < 20  # long before its 30 s sleep would have ended
     records = [json.loads(e) for e in client.orchestrator.store.audit_entries(workflow_id)[0]]
-    assert not [r for r in records if r["to"] == "succeeded"]
+    assert not [r for r in records if r.get("to") == "succeeded"]
 
 
 def test_resume_of_a_graph_on_counters_waits_only_for_what_runs_again(

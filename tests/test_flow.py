@@ -46,7 +46,6 @@ def view(step: str, workflow: str = "wf", sequence: int = 1, rank: int = 0) -> S
         params={},
         results={},
         dependency_states={},
-        audit_tail="",
         sequence=sequence,
     )
 

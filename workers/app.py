@@ -120,6 +120,9 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
                         {"at": now, "task": sender},
                     )
                 ],
+                # A step not yet queued has no records of its own, unless it is run
+                # again (a resume): then one more round trip learns where they end.
+                tails={step_id: ""},
             )
         except Conflict:
             pass  # already queued, claimed or settled: nothing to add

@@ -139,7 +139,7 @@ def join(
                     release=view.definition.get("release") or (),
                 )
             ],
-            tail=view.audit_tail,
+            tails=view.tails,
         )
         return view, applied
     except Conflict:

@@ -75,7 +75,7 @@ class _Attempt:
     started_at: float = 0.0  # as recorded (wall clock), for its run time
     released: bool = False
     claim: str = ""  # names this attempt's hold on its limits ("": whoever holds them)
-    tail: str | None = None  # the audit tail after its last record (a guess for the next)
+    tail: str = ""  # where the step's audit chain ends after this attempt's last record
 
 
 class _AlreadyEnded(Exception):
@@ -243,8 +243,14 @@ class StepRuntime:
     # -- claiming ----------------------------------------------------------------------
 
     def _claim(self, task: Task, workflow_id: str, step_id: str, carrier: Any = None) -> _Attempt:
+        # A step's first message usually finds it queued and never started: claimed from
+        # what this process keeps of its workflow, without reading first (one round trip
+        # fewer), unless it waits for limits (their permits are taken before the claim).
+        presumed = self.store.presume_step(workflow_id, step_id)
+        if presumed is not None and self._has_limits(presumed):
+            presumed = None
         for _ in range(_CLAIM_ATTEMPTS):
-            view = self.store.load_step(workflow_id, step_id)
+            view, presumed = presumed or self.store.load_step(workflow_id, step_id), None
             state = StepState(view.record["state"])
             if view.workflow_state == WorkflowState.parked:
                 if self._park(task, view):
@@ -276,15 +282,22 @@ class StepRuntime:
                 applied = self.store.apply(
                     workflow_id,
                     [start],
-                    tail=view.audit_tail,
-                    measured=self.observations is not None,
+                    tails=view.tails,
+                    # How long it waited needs the time it was queued, which a presumed
+                    # view does not know: the script measures that one.
+                    measured=self.observations is not None and view.presumed is None,
+                    guard=view.presumed,
                 )
             except Conflict:
                 if limits and self.flow is not None:
                     self.flow.release(view, limits, claim=claim)
                 continue  # it moved on between our read and our write: look again
             started_at = float(start.fields["started_at"])
-            if self.observations is not None and state in (StepState.queued, StepState.pending):
+            if (
+                self.observations is not None
+                and view.presumed is None
+                and state in (StepState.queued, StepState.pending)
+            ):
                 # From queued (its dependencies done) to started; a retry's wait is its
                 # backoff, not counted.
                 queued_at = float(view.record.get("queued_at") or started_at)
@@ -304,10 +317,18 @@ class StepRuntime:
                 refusal,
                 limits,
                 started_at=started_at,
-                tail=applied.tail,
+                tail=applied.tails[step_id],
                 claim=claim,
             )
         raise Ignore()
+
+    def _has_limits(self, view: StepView) -> bool:
+        if self.flow is None:
+            return False
+        try:
+            return bool(self.flow.limits_of(view))
+        except KeyTemplateError:
+            return True  # the read path fails the step, saying why
 
     def _park(self, task: Task, view: StepView) -> bool:
         """Keep this message with its parked workflow (load shedding) until it resumes."""
@@ -396,15 +417,19 @@ class StepRuntime:
             # was lost); a copy claimed beside this one may not (see FlowControl.acquire).
             "claim": claim,
         }
-        if not view.record.get("queued_at"):
+        if not view.record.get("queued_at") and view.presumed is None:
             fields["queued_at"] = now
-        record = {
+        record: dict[str, Any] = {
             "at": now,
             "task": task.name,
             "attempt": attempt_no,
             "worker": worker,
             "input_sha256": input_sha,
         }
+        if view.dependency_tails:
+            # Seals the order between chains: this start follows each dependency's last
+            # record (its end), which ``treadle audit`` checks.
+            record["after"] = view.dependency_tails
         if state == StepState.running:
             record["note"] = "previous attempt lost"
         if carrier is not None:
@@ -478,7 +503,7 @@ class StepRuntime:
             self.store.apply(
                 view.workflow_id,
                 [Change(view.step_id, state.value, state.value, fields, record)],
-                tail=view.audit_tail,
+                tails=view.tails,
             )
 
     def _release(self, attempt: _Attempt, verdict: str, wait_again: bool = False) -> None:
@@ -584,7 +609,7 @@ class StepRuntime:
                     release=view.definition.get("release") or (),
                 )
             ],
-            tail=view.audit_tail,
+            tails=view.tails,
         )
 
     def _stop_unstarted(self, view: StepView) -> None:
@@ -669,9 +694,12 @@ class StepRuntime:
         )
         measured = self.observations is not None and attempt.started_at > 0
         applied = self.store.apply(
-            call.workflow_id, [change, *extra], tail=attempt.tail, measured=measured
+            call.workflow_id,
+            [change, *extra],
+            tails={call.step_id: attempt.tail},
+            measured=measured,
         )
-        attempt.tail = applied.tail
+        attempt.tail = applied.tails[call.step_id]
         if measured and self.observations is not None:
             ended = float(fields.get("finished_at") or time.time())
             self.observations.run(call.task, ended - attempt.started_at)
@@ -897,6 +925,7 @@ def record_lost_attempt(
                     {"at": now, "lost": True, "attempt": attempt, "error": error},
                 )
             ],
+            tails={step_id: str(record.get("tail") or "")},
         )
     except Conflict:
         return False

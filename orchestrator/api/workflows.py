@@ -21,6 +21,7 @@ from orchestrator.api.models import (
     WorkflowStatus,
     WorkflowSummary,
 )
+from orchestrator.audit import ends_digest
 from orchestrator.errors import InvalidInput, Problem
 from orchestrator.service import parse_param, with_overrides
 from orchestrator.states import WorkflowState
@@ -168,9 +169,11 @@ def resume(orchestrator: OrchestratorDep, workflow_id: str) -> Resumed:
     description=(
         "Every recorded transition, oldest first, one canonical JSON record a line, as "
         "stored: each carries the SHA-256 checksums of the step's input and output and "
-        f"`prev`, the hash of the record before it. The `{AUDIT_TAIL_HEADER}` header is the "
-        "hash of the last record, which the workflow points to: with it the chain can be "
-        "checked end to end (`orchestrator.audit.chain_problems`)."
+        "`prev`, the hash of the record before it in its chain (each step's records are a "
+        "chain, and the workflow's own records another). The "
+        f"`{AUDIT_TAIL_HEADER}` header is the hash of where the store says the chains end "
+        "(`orchestrator.audit.ends_digest`): with it the trail can be checked end to end "
+        "(`orchestrator.audit.chain_problems`)."
     ),
     response_class=NdjsonResponse,
     responses={
@@ -182,9 +185,9 @@ def resume(orchestrator: OrchestratorDep, workflow_id: str) -> Resumed:
     },
 )
 def audit_log(orchestrator: OrchestratorDep, workflow_id: str) -> NdjsonResponse:
-    entries, tail = orchestrator.store.audit_entries(workflow_id)
+    entries, tails = orchestrator.store.audit_entries(workflow_id)
     text = "".join(f"{entry}\n" for entry in entries)
-    return NdjsonResponse(text, headers={AUDIT_TAIL_HEADER: tail})
+    return NdjsonResponse(text, headers={AUDIT_TAIL_HEADER: ends_digest(tails)})
 
 
 @router.get(

@@ -1,7 +1,16 @@
 -- Apply a batch of state transitions and append their audit records, all or nothing.
--- Compare-and-set twice over: the audit chain must still end where the caller read it
--- (the records were hashed against that tail), and every target must still be in the
--- state the caller read (the records say "from").
+-- Compare-and-set twice over: every target must still be in the state the caller read
+-- (the records say "from"), and each record's chain must still end where the caller read
+-- it (the record was hashed against that end). Each step's records are a chain of their
+-- own, ending in its record's ``tail``; the workflow's own records are another, ending in
+-- the workflow's ``audit_tail`` (see orchestrator.audit). So transitions of different
+-- steps never contend for one tail. A change may carry no record (its batch's record on
+-- the workflow says what it did: "queued" for a whole batch of steps), and a change of the
+-- workflow from '*' to '*' is a record alone, moving no state.
+-- A guarded batch (a worker claiming a step from what it kept of the workflow, without
+-- reading it first) applies only if the workflow is still the submission it kept (its
+-- seq), with the definitions it kept (defs_rev: a resume rewrites definitions), and in
+-- one of the states it presumed.
 -- A transition may also release dependents that run on counters: each one's count of
 -- unfinished dependencies drops by one, and those that reach zero are returned as ready.
 -- Being inside the compare-and-set, a release happens exactly once per transition.
@@ -29,11 +38,12 @@
 -- KEYS: 1 workflow hash, 2 steps hash, 3 audit list, 4 results hash, 5 waiting hash,
 --       6 definitions hash, 7 delayed zset, 8 delayed entries hash, 9 dead letters hash,
 --       10 dead letters by time, 11 outstanding hash (parked counts), 12 metrics hash
--- ARGV: 1 expected audit tail, 2 new audit tail, 3 number of transitions N,
---       4 the batch's token, 5 '1' if the caller measures the first target's run and wait
---       itself (else ''), then N times:
+-- ARGV: 1 guard ('' for none: else JSON {"seq": n, "rev": n, "states": [...]}),
+--       2 number of transitions N, 3 the batch's token, 4 '1' if the caller measures the
+--       first target's run and wait itself (else ''), then N times:
 --       target step id ('' = the workflow itself), expected state, new state,
---       fields to merge (JSON object), audit record (JSON text), result (JSON text or ''),
+--       fields to merge (JSON object), audit record (JSON text, or '' for none), the end
+--       of its chain it was hashed against, its own hash, result (JSON text or ''),
 --       dependents to release (JSON array or ''), definition of a created step (or ''),
 --       delayed message ('' for none: else "<id> <due time> <message JSON>"),
 --       dead letter ('' for none: else "<id> <time> <entry JSON>")
@@ -42,7 +52,8 @@
 -- a step's two transitions are most of what treadle asks of Redis, and a batch of a
 -- thousand queued steps costs a handful of commands, not thousands.
 -- Returns {'ok', steps_done, steps_total, workflow_state, ready step ids...}
---      or {'stale', current_tail} or {'conflict', target, current_state}.
+--      or {'stale', target, its chain's end} or {'conflict', target, current_state}
+--      (a guard that fails is a conflict of the workflow: target '').
 local TERMINAL = {succeeded=true, failed=true, skipped=true, cancelled=true,
                   compensated=true, ['dead-lettered']=true}
 local FAILED = {failed=true, ['dead-lettered']=true}
@@ -51,9 +62,9 @@ local WORKFLOW_FINAL = {succeeded=true, failed=true, cancelled=true, compensated
 local wf, steps, audit, results, waiting = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local defs, delayed, entries, letters, letters_by_time = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local outstanding, metrics = KEYS[11], KEYS[12]
-local WIDTH, FIRST = 10, 6
-local token = ARGV[4]
-local caller_measures = ARGV[5] == '1'
+local WIDTH, FIRST = 12, 5
+local token = ARGV[3]
+local caller_measures = ARGV[4] == '1'
 -- Redis takes at most this many values in one call from a script (Lua's unpack limit).
 local CHUNK = 4000
 -- Upper bounds of the histograms' buckets, in seconds: keep in step with
@@ -62,7 +73,8 @@ local BUCKETS_S = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
                    600, 1800, 3600}
 
 local head = redis.call('HMGET', wf, 'audit_tail', 'state', 'priority', 'steps_done',
-                        'steps_total', 'steps_failed', 'change', 'submitted_at')
+                        'steps_total', 'steps_failed', 'change', 'submitted_at', 'seq',
+                        'defs_rev')
 local tail, wf_state = head[1] or '', head[2] or ''
 local class = head[3] or 'default'
 local done, total, failed = tonumber(head[4]) or 0, tonumber(head[5]) or 0, tonumber(head[6]) or 0
@@ -205,10 +217,18 @@ local function applied_before()
   return nil
 end
 
-if tail ~= ARGV[1] then
-  return applied_before() or {'stale', tail}
+if ARGV[1] ~= '' then
+  local guard = cjson.decode(ARGV[1])
+  local presumed = false
+  for _, state in ipairs(guard['states']) do
+    presumed = presumed or state == wf_state
+  end
+  if not presumed or tostring(guard['seq']) ~= (head[9] or '')
+      or tonumber(guard['rev']) ~= (tonumber(head[10]) or 0) then
+    return applied_before() or {'conflict', '', wf_state}
+  end
 end
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[2])
 local targets = {}
 for i = 0, n - 1 do
   local target = ARGV[FIRST + i * WIDTH]
@@ -237,10 +257,26 @@ for i = 0, n - 1 do
     loaded[i] = {}
     current = ''
   end
-  if current ~= expected then
+  if current ~= expected and expected ~= '*' then
     return applied_before() or {'conflict', target, current}
   end
 end
+-- The ends of the chains the batch appends to, as it appends.
+local ends = {['']=tail}
+for i = 0, n - 1 do
+  local base = FIRST + i * WIDTH
+  local target = ARGV[base]
+  if ARGV[base + 4] ~= '' then
+    if ends[target] == nil then
+      ends[target] = (loaded[i] and loaded[i]['tail']) or ''
+    end
+    if ends[target] ~= ARGV[base + 5] then
+      return applied_before() or {'stale', target, ends[target]}
+    end
+    ends[target] = ARGV[base + 6]
+  end
+end
+local defs_rev = tonumber(head[10]) or 0
 local ready = {}
 local function outstanding_steps()
   local outstanding_now = 0
@@ -253,6 +289,12 @@ for i = 0, n - 1 do
   local base = FIRST + i * WIDTH
   local target, old, new = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local fields = cjson.decode(ARGV[base + 3])
+  if old == '*' then
+    old = (target == '' and wf_state) or loaded[i]['state'] or ''
+  end
+  if new == '*' then
+    new = old
+  end
   if target == '' then
     if (new == 'parked') ~= (old == 'parked') then
       -- Parked steps are no load, but they still count against the class's watermark.
@@ -279,6 +321,9 @@ for i = 0, n - 1 do
       record[name] = value
     end
     record['state'] = new
+    if ARGV[base + 4] ~= '' then
+      record['tail'] = ARGV[base + 6]
+    end
     if i == 0 then
       record['change'] = token
       record['ready'] = nil
@@ -289,16 +334,21 @@ for i = 0, n - 1 do
     records[target] = record
     measure_step(target, old, new, record, tonumber(fields['started_at']), ARGV[base + 4],
                  i > 0 or not caller_measures)
-    if ARGV[base + 7] ~= '' then
+    if ARGV[base + 9] ~= '' then
       table.insert(defs_set, target)
-      table.insert(defs_set, ARGV[base + 7])
+      table.insert(defs_set, ARGV[base + 9])
+      if old ~= '' and defs_rev == (tonumber(head[10]) or 0) then
+        -- A definition rewritten (a resume): what workers kept of the old ones is stale.
+        defs_rev = defs_rev + 1
+        set_wf('defs_rev', defs_rev)
+      end
     end
     if old == '' then
       total = total + 1
     end
-    if ARGV[base + 5] ~= '' then
+    if ARGV[base + 7] ~= '' then
       table.insert(results_set, target)
-      table.insert(results_set, ARGV[base + 5])
+      table.insert(results_set, ARGV[base + 7])
     end
     if TERMINAL[new] and not TERMINAL[old] then
       done = done + 1
@@ -324,19 +374,21 @@ for i = 0, n - 1 do
       set_wf('started_at', record['started_at'])
     end
   end
-  table.insert(audit_records, ARGV[base + 4])
-  if ARGV[base + 8] ~= '' then
-    local id, due, message = string.match(ARGV[base + 8], '^(%S+) (%S+) (.*)$')
+  if ARGV[base + 4] ~= '' then
+    table.insert(audit_records, ARGV[base + 4])
+  end
+  if ARGV[base + 10] ~= '' then
+    local id, due, message = string.match(ARGV[base + 10], '^(%S+) (%S+) (.*)$')
     redis.call('HSET', entries, id, message)
     redis.call('ZADD', delayed, due, id)
   end
-  if ARGV[base + 9] ~= '' then
-    local id, at, entry = string.match(ARGV[base + 9], '^(%S+) (%S+) (.*)$')
+  if ARGV[base + 11] ~= '' then
+    local id, at, entry = string.match(ARGV[base + 11], '^(%S+) (%S+) (.*)$')
     redis.call('HSET', letters, id, entry)
     redis.call('ZADD', letters_by_time, at, id)
   end
-  if ARGV[base + 6] ~= '' then
-    for _, dependent in ipairs(cjson.decode(ARGV[base + 6])) do
+  if ARGV[base + 8] ~= '' then
+    for _, dependent in ipairs(cjson.decode(ARGV[base + 8])) do
       if redis.call('HINCRBY', waiting, dependent, -1) == 0 then
         table.insert(ready, dependent)
       end
@@ -358,7 +410,9 @@ end
 if failed ~= (tonumber(head[6]) or 0) then
   set_wf('steps_failed', failed)
 end
-set_wf('audit_tail', ARGV[2])
+if ends[''] ~= tail then
+  set_wf('audit_tail', ends[''])
+end
 local wf_pairs = {}
 for name, value in pairs(wf_set) do
   table.insert(wf_pairs, name)
@@ -378,7 +432,9 @@ end
 if #results_set > 0 then
   many('HSET', results, results_set)
 end
-many('RPUSH', audit, audit_records)
+if #audit_records > 0 then
+  many('RPUSH', audit, audit_records)
+end
 for field, by in pairs(outstanding_add) do
   if by ~= 0 then
     redis.call('HINCRBY', outstanding, field, by)

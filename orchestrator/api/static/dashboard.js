@@ -276,7 +276,7 @@ function auditRow(record, i, t0) {
     h("td", { class: "num" }, i + 1),
     h("td", {}, clock(record.at), h("div", { class: "muted" }, t0 ? `+${secs(record.at - t0)}` : "")),
     h("td", {}, record.step_id ?? h("em", {}, "workflow")),
-    h("td", { class: "transition" }, record.from ? badge(record.from) : "·", " → ", badge(record.to)),
+    h("td", { class: "transition" }, record.to ? [record.from ? badge(record.from) : "·", " → ", badge(record.to)] : "·"),
     h("td", { class: "num" }, record.attempt ?? ""),
     h("td", {}, record.worker ?? ""),
     h("td", { class: "sums" }, sums, h("div", { class: "muted", title: `hash of the record before: ${record.prev || "(none: the first)"}` }, `prev ${(record.prev || "—").slice(0, 10)}`)),
@@ -314,7 +314,12 @@ function showWorkflow(id) {
     const [lines, check] = await Promise.all([api(`workflows/${enc(id)}/audit`, { text: true }), api(`workflows/${enc(id)}/audit/check`)]);
     const records = lines.split("\n").filter(Boolean).map((line) => JSON.parse(line));
     auditByStep = new Map();
-    for (const r of records) if (r.step_id) (auditByStep.get(r.step_id) || auditByStep.set(r.step_id, []).get(r.step_id)).push(r);
+    const push = (step, r) => (auditByStep.get(step) || auditByStep.set(step, []).get(step)).push(r);
+    for (const r of records) {
+      if (r.step_id) push(r.step_id, r);
+      // A batch queued at once is one record of the workflow's, naming its steps.
+      else if (Array.isArray(r.queued)) for (const step of r.queued) push(step, { ...r, step_id: step, from: "pending", to: "queued" });
+    }
     auditBody.replaceChildren(...records.map((r, i) => auditRow(r, i, wf.submitted_at)));
     verdict.replaceChildren(verdictOf(check));
   };
