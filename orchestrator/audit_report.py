@@ -4,8 +4,8 @@ and say how long each step waited for its dependencies and ran. Pure.
 Clock-free where it matters: the audit list is totally ordered by the Lua script that
 appends to it, so "b started after a succeeded" is a comparison of positions, not of
 worker clocks; and the record of b's start names the last record of each dependency's
-chain (``after``), which seals that order against the list being reordered. Waits and
-run times do use the recorded times.
+chain as it read it (``after``), which seals that order against the list being
+reordered. Waits and run times do use the recorded times.
 """
 
 from __future__ import annotations
@@ -133,19 +133,20 @@ def order_problems(
 
 
 def _unsealed_order(entries: Sequence[str]) -> list[str]:
-    """Starts whose ``after`` does not name their dependencies' last records before them:
-    the list was reordered across chains (each chain's own order is checked by its
-    hashes)."""
+    """Starts whose ``after`` names a record of a dependency that does not come before
+    them: the list was reordered across chains (each chain's own order is checked by its
+    hashes). Any earlier record of the dependency will do, not only its last: one may be
+    added after the start read it (a compensation racing a failing workflow)."""
     problems = []
-    ends: dict[str, str] = {}  # where each chain ends, record by record
+    seen: dict[str, set[str]] = {}  # each chain's hashes so far, record by record
     for position, (text, record) in enumerate(zip(entries, _records(entries), strict=True)):
         for dep, end in (record.get("after") or {}).items():
-            if ends.get(dep, GENESIS) != end:
+            if end != GENESIS and end not in seen.get(dep, ()):
                 problems.append(
                     f"record {position}: step {record.get('step_id')} names a record of {dep} "
-                    "that is not the last one before it (reordered)"
+                    "that does not come before it (reordered)"
                 )
-        ends[chain_of(record)] = hashlib.sha256(text.encode()).hexdigest()
+        seen.setdefault(chain_of(record), set()).add(hashlib.sha256(text.encode()).hexdigest())
     return problems
 
 

@@ -136,7 +136,7 @@ def test_records_moved_across_chains_are_caught_by_the_start_naming_its_dependen
     # ...but b's start names a's end, which is now after it.
     problems = order_problems(moved, AFTER)
     assert (
-        f"record {a_end}: step b names a record of a that is not the last one before it "
-        "(reordered)" in problems
+        f"record {a_end}: step b names a record of a that does not come before it (reordered)"
+        in problems
     )
     assert "step b started before its dependency a ended" in problems
