@@ -127,9 +127,14 @@ class CommandMix:
 
     by_client: Counter[str] = field(default_factory=Counter)
     by_script: Counter[str] = field(default_factory=Counter)
+    # A client's own round trips, by its address ("127.0.0.1:50000", as CLIENT INFO says):
+    # what one connection sent while others share the server.
+    by_address: dict[str, Counter[str]] = field(default_factory=dict)
 
     def add(self, source: str, name: str) -> None:
         (self.by_script if source == "lua" else self.by_client)[name.lower()] += 1
+        if source != "lua":
+            self.by_address.setdefault(source, Counter())[name.lower()] += 1
 
 
 @contextmanager
