@@ -43,6 +43,9 @@ def _create(client: Client, workflow_id: str, spec_steps: list[dict[str, object]
         {"name": "chains", "priority": "bulk", "params": {"n": 1}, "steps": spec_steps}
     )
     client.orchestrator.store.create(workflow_id, workflow, compile_workflow(workflow))
+    # Marked dispatched, though nothing is published: else the recovery sweep would
+    # dispatch it to the session's workers after recovery_after_s.
+    client.orchestrator.store.set_fields(workflow_id, {"dispatched_at": repr(time.time())})
 
 
 @pytest.fixture
