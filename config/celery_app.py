@@ -80,6 +80,9 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         "result_backend_max_sleep_between_retries_ms": int(BACKOFF_CAP_S * 1000),
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "treadle_redis_retry_s": settings.redis_retry_s,  # read by config.result_backend
+        # Read by whoever publishes steps (orchestrator.dispatch.publishing).
+        "treadle_bundle_target_s": settings.bundle_target_s,
+        "treadle_bundle_max": settings.bundle_max,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
     }

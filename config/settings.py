@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         "line, before it publishes the rest (workers/inline.py); 0: every link through the "
         "broker.",
     )
+    bundle_target_s: float = Field(
+        default=0.05,
+        ge=0,
+        description="Steps of a short task that are queued together share messages, as "
+        "many as fit in this much of its mean run time (orchestrator/bundles.py); 0: "
+        "one message a step.",
+    )
+    bundle_max: int = Field(default=32, ge=1, description="The most steps one message carries.")
     task_events: bool = Field(
         default=False,
         description="Workers send Celery's task events from the start. Off, they send them "

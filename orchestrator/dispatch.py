@@ -34,7 +34,7 @@ from orchestrator.compiler import (
     steps_of,
 )
 from orchestrator.states import StepState
-from orchestrator.step_messages import StepMessages
+from orchestrator.step_messages import BundleSizes, StepMessages
 from orchestrator.store import ANY, Change, Conflict, StateStore
 
 StepDefs = Mapping[str, Mapping[str, Any]]
@@ -113,10 +113,16 @@ def dispatch_stored(app: Celery, store: StateStore, workflow_id: str) -> None:
 
 
 def publish_steps(
-    app: Celery, store: StateStore, workflow_id: str, step_ids: Iterable[str], priority: str
+    app: Celery,
+    store: StateStore,
+    workflow_id: str,
+    step_ids: Iterable[str],
+    priority: str,
+    share: bool = True,
 ) -> None:
     """Publish steps whose dependency counts reached zero (the runtime calls this): a
-    counter step alone, a chord's gate with the part it holds back."""
+    counter step alone, a chord's gate with the part it holds back. ``share=False``:
+    each plain step in a message of its own, never a bundle."""
     ids = list(step_ids)
     if not ids:
         return
@@ -124,7 +130,7 @@ def publish_steps(
     held = {s: from_json(defs[s]["then"]) for s in ids if "then" in defs[s]}
     others = sorted({s for node in held.values() for s in steps_of(node)} - set(defs))
     defs.update(store.step_defs_of(workflow_id, others))
-    with publishing(app, store) as (producer, plain):
+    with publishing(app, store, share) as (producer, plain):
         for step_id in ids:
             node = held.get(step_id, Task(step_id))
             _send(app, producer, plain, workflow_id, node, defs, priority)
@@ -156,16 +162,23 @@ _BATCH_MAX = 1_000_000
 
 
 @contextlib.contextmanager
-def publishing(app: Celery, store: StateStore) -> Iterator[tuple[Producer, StepMessages]]:
+def publishing(
+    app: Celery, store: StateStore, share: bool = True
+) -> Iterator[tuple[Producer, StepMessages]]:
     """A producer for canvases (passed ``producer=``) and a collector of plain steps'
     messages, all of which leave together when the block ends: Celery publishes a canvas
     one message at a time (kombu's ``Producer.batch`` buffers them into one pipelined
     round trip). Their tickets are written first, in one more round trip; a block that
-    fails publishes nothing."""
+    fails publishes nothing. Plain steps of a short task may share messages (see
+    ``orchestrator.bundles``), as ``app.conf`` says (``Settings.bundle_target_s``)."""
+    target_s = float(app.conf.get("treadle_bundle_target_s") or 0)
+    most = int(app.conf.get("treadle_bundle_max") or 1)
+    sizing = BundleSizes(store, target_s, most) if share and target_s > 0 else None
     with app.producer_or_acquire() as producer, producer.batch(max_size=_BATCH_MAX):
-        plain = StepMessages(app, producer)
+        plain = StepMessages(app, producer, sizing)
         with tickets.capture(store):
             yield producer, plain
+            plain.build_held()
         plain.send()
 
 

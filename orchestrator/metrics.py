@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -75,6 +75,45 @@ def bucket_of(seconds: float) -> int:
         if seconds <= bound:
             return index
     return len(BUCKETS_S) + 1
+
+
+def typical_run_s(store: StateStore, tasks: Sequence[str]) -> dict[str, float | None]:
+    """How long each task's attempts take, as the workers measured them (None: never
+    measured), in one round trip: the mean, or if longer, the lower bound of the bucket
+    that holds the 95th percentile, so that a task whose run time varies (by its
+    arguments, say) counts as long as its long runs."""
+    width = len(BUCKETS_S) + 2  # the sum, then every bucket
+    fields = [
+        field
+        for task in tasks
+        for field in (
+            series("run_sum", task),
+            *(series("run", task, b) for b in range(1, width)),
+        )
+    ]
+    if not fields:
+        return {}
+    raw = store.redis.hmget(store.keys.metrics, fields)
+    out: dict[str, float | None] = {}
+    for index, task in enumerate(tasks):
+        total, *counted = raw[index * width : (index + 1) * width]
+        counts = [int(c) if c is not None else 0 for c in counted]
+        attempts = sum(counts)
+        if not attempts or total is None:
+            out[task] = None
+            continue
+        out[task] = max(float(total) / attempts, _percentile_floor(counts, 0.95))
+    return out
+
+
+def _percentile_floor(counts: Sequence[int], share: float) -> float:
+    """The lower bound of the bucket that holds the ``share`` percentile."""
+    wanted, seen = share * sum(counts), 0
+    for index, count in enumerate(counts):
+        seen += count
+        if seen >= wanted:
+            return BUCKETS_S[index - 1] if index > 0 else 0.0
+    return BUCKETS_S[-1]
 
 
 def outstanding_counts(store: StateStore) -> dict[str, tuple[int, int]]:

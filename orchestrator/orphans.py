@@ -50,24 +50,23 @@ class OrphanReport:
 
 def present_steps(store: StateStore) -> set[tuple[str, str]]:
     """Every (workflow, step) that has a message somewhere Redis can see."""
-    redis, found = store.redis, set()
+    redis, found = store.redis, set[tuple[str, str]]()
     for queue in (queue_for(k) for k in PRIORITY_ORDER):
         length = int(redis.llen(queue))
         for start in range(0, length, _SCAN_CHUNK):
             for raw in redis.lrange(queue, start, start + _SCAN_CHUNK - 1):
-                found.add(_payload_step(raw))
+                found.update(_payload_steps(raw))
     for _tag, raw in redis.hscan_iter(UNACKED, count=_SCAN_CHUNK):
         try:
             payload = json.loads(raw)[0]
         except (ValueError, TypeError, KeyError, IndexError):
             continue
-        found.add(tickets.key_of_payload(payload))
+        found.update(tickets.keys_of_payload(payload))
     for message_id in redis.hkeys(store.keys.delayed_entries):
         text = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
         workflow_id, _, rest = text.partition("/")
         found.add((workflow_id, rest.rsplit("/", 1)[0]))
-    found.discard(None)
-    return found  # type: ignore[return-value]
+    return found
 
 
 def repair(app: Celery, store: StateStore, before: float) -> OrphanReport:
@@ -144,7 +143,9 @@ def _reissue(
     step_ids: list[str],
     done: list[str],
     keep_going: bool,
+    sent: set[Any] | None = None,
 ) -> None:
+    sent = set() if sent is None else sent  # the message ids published again so far
     kept = store.tickets_of(workflow_id, step_ids)
     for step_id in step_ids:
         ticket = kept.get(step_id)
@@ -153,7 +154,7 @@ def _reissue(
             # items, going on from where they ended, fire it.
             parent = step_id.removesuffix(tickets.JOIN_SUFFIX)
             items = [s for s in store.step_records(workflow_id) if s.startswith(f"{parent}[")]
-            _reissue(app, store, workflow_id, items, done, keep_going=True)
+            _reissue(app, store, workflow_id, items, done, keep_going=True, sent=sent)
             continue
         if ticket is None:
             carrier = (store.step_records_of(workflow_id, [step_id]).get(step_id) or {}).get(
@@ -162,12 +163,16 @@ def _reissue(
             if carrier and not keep_going:
                 # Run in line (workers.inline): it had no message of its own; the step whose
                 # message carried it goes on from where it ended.
-                _reissue(app, store, workflow_id, [carrier], done, keep_going=True)
+                _reissue(app, store, workflow_id, [carrier], done, keep_going=True, sent=sent)
                 continue
             log.error(
                 "workflow %s step %s lost its message and none was kept", workflow_id, step_id
             )
             continue
+        message_id = (ticket.get("headers") or {}).get("id")
+        if message_id in sent:
+            continue  # a bundle's: published again for one of its steps already
+        sent.add(message_id)
         tickets.reissue(app, ticket, keep_going=keep_going)
         log.warning(
             "workflow %s step %s: %s",
@@ -192,8 +197,8 @@ def _unfinished(store: StateStore) -> Iterable[str]:
                 yield workflow_id
 
 
-def _payload_step(raw: bytes | str) -> tuple[str, str] | None:
+def _payload_steps(raw: bytes | str) -> list[tuple[str, str]]:
     try:
-        return tickets.key_of_payload(json.loads(raw))
+        return tickets.keys_of_payload(json.loads(raw))
     except (ValueError, TypeError):
-        return None
+        return []

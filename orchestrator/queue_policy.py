@@ -48,6 +48,7 @@ class Queued:
     step_id: str
     task: str
     waiting_since: float | None  # None: its step is not waiting to run
+    others: tuple[str, ...] = ()  # the other steps of a bundle (orchestrator.bundles)
 
 
 def waiting_since(record: Mapping[str, Any] | None, promoted_at: float | None) -> float | None:

@@ -87,6 +87,7 @@ class Promotion:
     source: PriorityClass
     target: PriorityClass
     waited_s: float
+    others: tuple[str, ...] = ()  # the other steps of its bundle, moved with it
 
 
 @dataclass
@@ -151,7 +152,7 @@ class QueueWatch:
     def _read(self, raws: Any) -> list[Queued]:
         """The step messages among ``raws``, in the order given, with how long each has
         waited according to its step's record."""
-        seen: list[tuple[bytes, str, str, str, float | None]] = []
+        seen: list[tuple[bytes, str, str, str, float | None, tuple[str, ...]]] = []
         for raw in raws:
             try:
                 payload = json.loads(raw)
@@ -160,18 +161,20 @@ class QueueWatch:
                 promoted_at = headers.get(PROMOTED_AT_HEADER)
             except (ValueError, TypeError, KeyError):
                 continue  # not a Celery message: not ours to move
-            key = tickets.key_of_payload(payload)
+            keys = tickets.keys_of_payload(payload)
             # A fan-out's join has no step record to tell its age, and takes milliseconds.
-            if key is None or key[1].endswith(tickets.JOIN_SUFFIX):
+            if not keys or keys[0][1].endswith(tickets.JOIN_SUFFIX):
                 continue
-            seen.append((raw, key[0], key[1], task, _float(promoted_at)))
+            others = tuple(step_id for _wid, step_id in keys[1:])
+            seen.append((raw, keys[0][0], keys[0][1], task, _float(promoted_at), others))
         wanted: dict[str, list[str]] = defaultdict(list)
-        for _raw, workflow_id, step_id, _task, _at in seen:
+        for _raw, workflow_id, step_id, _task, _at, _others in seen:
             wanted[workflow_id].append(step_id)
         records = {wid: self.store.step_records_of(wid, ids) for wid, ids in wanted.items()}
+        # A bundle's steps were queued together: its first step tells its age.
         return [
-            Queued(raw, wid, sid, task, waiting_since(records[wid].get(sid), at))
-            for raw, wid, sid, task, at in seen
+            Queued(raw, wid, sid, task, waiting_since(records[wid].get(sid), at), others)
+            for raw, wid, sid, task, at, others in seen
         ]
 
     def _move(
@@ -182,7 +185,13 @@ class QueueWatch:
         order = list(reversed(due))
         planned = [
             Promotion(
-                q.workflow_id, q.step_id, q.task, source, target, now - (q.waiting_since or now)
+                q.workflow_id,
+                q.step_id,
+                q.task,
+                source,
+                target,
+                now - (q.waiting_since or now),
+                q.others,
             )
             for q in order
         ]
@@ -218,8 +227,12 @@ class QueueWatch:
     def _record(self, promotion: Promotion, now: float, moved: bool = True) -> None:
         """Put the move in the step's audit trail (and its record, for ``treadle status``);
         with ``moved=False``, that the move recorded just before did not happen."""
-        record = self.store.step_records_of(promotion.workflow_id, [promotion.step_id])
-        state = record.get(promotion.step_id, {}).get("state")
+        for step_id in (promotion.step_id, *promotion.others):
+            self._record_step(promotion, step_id, now, moved)
+
+    def _record_step(self, promotion: Promotion, step_id: str, now: float, moved: bool) -> None:
+        record = self.store.step_records_of(promotion.workflow_id, [step_id])
+        state = record.get(step_id, {}).get("state")
         if state is None:
             return  # its workflow is gone
         move = f"{promotion.source.value} -> {promotion.target.value}"
@@ -237,7 +250,7 @@ class QueueWatch:
                 "not_promoted": move,
                 "why": "taken from its queue before the move",
             }
-        change = Change(promotion.step_id, state, state, fields, audit)
+        change = Change(step_id, state, state, fields, audit)
         with contextlib.suppress(Conflict, NotFound):  # it moved on meanwhile: it ran
             self.store.apply(promotion.workflow_id, [change])
 

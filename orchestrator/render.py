@@ -325,7 +325,8 @@ def flower_view(console: Console, stack: Any) -> None:
     for task in tasks.values():
         by_state[task.get("state", "?")] = by_state.get(task.get("state", "?"), 0) + 1
     console.print(
-        f"Flower saw {len(tasks)} step tasks: "
+        # A bundle of short steps (orchestrator.bundles) is one task to Flower.
+        f"Flower saw {len(tasks)} step messages: "
         + ", ".join(f"{n} {state.lower()}" for state, n in sorted(by_state.items()))
     )
     console.print(f"Open {stack.flower_url()} while `treadle up` runs to watch them live.")

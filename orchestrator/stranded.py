@@ -19,7 +19,7 @@ import logging
 import time
 
 from orchestrator.store import StateStore, lua_script
-from orchestrator.tickets import JOIN_SUFFIX, key_of_payload
+from orchestrator.tickets import JOIN_SUFFIX, keys_of_payload
 
 log = logging.getLogger("treadle.recovery")
 
@@ -45,11 +45,12 @@ def restore_stranded(
             payload, _exchange, routing_key = json.loads(raw)
         except (ValueError, TypeError):
             continue
-        step = key_of_payload(payload)
-        if step is None:
+        steps = keys_of_payload(payload)
+        if not steps:
             continue  # not a step message: kombu restores it after the visibility timeout
-        workflow_id, step_id = step
-        if not _abandoned(store, workflow_id, step_id):
+        workflow_id, step_id = steps[0]
+        # A bundle is held while any of its steps runs (orchestrator.bundles).
+        if not all(_abandoned(store, workflow_id, s) for _wid, s in steps):
             continue
         payload["headers"]["redelivered"] = True
         payload["properties"].setdefault("delivery_info", {})["redelivered"] = True

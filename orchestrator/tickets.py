@@ -27,6 +27,7 @@ from celery import Celery
 from celery.app.amqp import task_message
 from celery.signals import before_task_publish
 
+from orchestrator import bundles
 from orchestrator.store import StateStore
 
 log = logging.getLogger("treadle.tickets")
@@ -70,15 +71,38 @@ def key_of(body: Any) -> tuple[str, str] | None:
     return None
 
 
+def keys_of(body: Any) -> list[tuple[str, str]]:
+    """Every (workflow id, ticket key) a message runs: its step's, or each step of a
+    bundle (``orchestrator.bundles``), or its join's."""
+    first = key_of(body)
+    if first is None:
+        return []
+    kwargs = body[1] if len(body) > 1 else None
+    return [first, *((first[0], s) for s in bundles.others_in(kwargs) or [])]
+
+
+def _body_of(payload: Mapping[str, Any]) -> Any:
+    body = payload["body"]
+    if payload["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return json.loads(body)
+
+
 def key_of_payload(payload: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The same for a message as kombu stores it in Redis (a queue or ``unacked``)."""
+    """The same for a message as kombu stores it in Redis (a queue or ``unacked``); a
+    bundle's first step."""
     try:
-        body = payload["body"]
-        if payload["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        return key_of(json.loads(body))
+        return key_of(_body_of(payload))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def keys_of_payload(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``keys_of`` for a message as kombu stores it in Redis."""
+    try:
+        return keys_of(_body_of(payload))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return []
 
 
 def use_by_default(store: Callable[[], StateStore]) -> None:
@@ -140,8 +164,8 @@ def _keep(
     properties: Mapping[str, Any] | None = None,
     **_: Any,
 ) -> None:
-    step = key_of(body)
-    if step is None or not headers or headers.get(KEEP_GOING_HEADER):
+    steps = keys_of(body)
+    if not steps or not headers or headers.get(KEEP_GOING_HEADER):
         return
     captured = getattr(_local, "capture", None)
     store = captured[0] if captured is not None else None
@@ -156,10 +180,18 @@ def _keep(
         "exchange": getattr(exchange, "name", exchange) or "",
         "routing_key": routing_key or "",
     }
+    # Each step of a bundle keeps the bundle's message: a lost bundle is published again
+    # whole, whichever of its steps recovery finds first (the others then find it there).
+    text = json.dumps(ticket)
     if captured is not None:
-        captured[1].setdefault(step[0], {})[step[1]] = json.dumps(ticket)
+        held = captured[1].setdefault(steps[0][0], {})
+        for _workflow, step_id in steps:
+            held[step_id] = text
         return
     try:
-        store.keep_ticket(step[0], step[1], json.dumps(ticket))
+        if len(steps) == 1:
+            store.keep_ticket(steps[0][0], steps[0][1], text)
+        else:
+            store.keep_tickets({steps[0][0]: {step_id: text for _workflow, step_id in steps}})
     except Exception:  # publishing goes on; only a later loss would go unrepaired
-        log.exception("could not keep the message of workflow %s step %s", *step)
+        log.exception("could not keep the message of workflow %s step %s", *steps[0])

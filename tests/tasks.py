@@ -70,3 +70,16 @@ def hold(name: str, timeout_s: float = 60.0) -> str:
                 raise TimeoutError(f"gate {name} was not opened within {timeout_s} s")
             time.sleep(0.02)
     return name
+
+
+@task(name="tests.member")
+def member(ctx: StepContext, kill: bool = False, fail_times: int = 0, sleep_s: float = 0.0) -> str:
+    """A short step whose arguments make it misbehave: it kills its worker's process on
+    its first attempt (``kill``), fails its first ``fail_times`` attempts, or takes
+    ``sleep_s`` (longer than its task usually takes)."""
+    if kill and ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if ctx.attempt <= fail_times:
+        raise RuntimeError(f"{ctx.step_id} fails attempt {ctx.attempt}")
+    time.sleep(sleep_s)
+    return ctx.step_id

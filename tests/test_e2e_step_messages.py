@@ -16,13 +16,17 @@ from celery import Celery
 from config.queues import queue_for
 from config.settings import Settings
 from config.topology import PriorityClass
+from orchestrator.bundles import members
 from orchestrator.client import Client
 from orchestrator.dispatch import publishing, step_signature
 from orchestrator.keys import Keys
+from orchestrator.metrics import typical_run_s
+from orchestrator.orphans import present_steps
 from orchestrator.stack import Stack
 from orchestrator.store import StateStore
 from orchestrator.tickets import key_of_payload
 from tests.conftest import spare_app, spare_database
+from workers.observations import Observations
 
 pytestmark = pytest.mark.e2e
 
@@ -90,6 +94,51 @@ def test_plain_steps_leave_in_order_with_their_tickets(app: Celery, direct: redi
         ticket = json.loads(kept[step_id.encode()])
         assert ticket["headers"]["id"] == json.loads(raw)["headers"]["id"]
         assert ticket["routing_key"] == QUEUE and workflow_id == "wf"
+
+
+def test_steps_of_a_short_task_share_messages_each_with_its_ticket(
+    app: Celery, direct: redis.Redis
+) -> None:
+    store = StateStore(direct, Keys("treadle"))
+    # What the workers report: the task takes a millisecond.
+    observations = Observations(direct, store.keys.metrics)
+    observations.run("treadle.noop", 0.001)
+    observations.flush()
+    ids = [f"s-{i}" for i in range(70)]
+    with publishing(app, store) as (_, plain):
+        for sid in ids:
+            plain.add("wf", sid, STEP, "bulk")
+    messages = queued(direct)
+    # 50 fit in bundle_target_s (0.05 s), bundle_max caps them at 32: 70 in 3 messages.
+    runs = [members(m["body"][0], m["body"][1]) for m in messages]
+    assert [len(run) for run in runs] == [24, 23, 23]
+    assert [s for run in runs for s in run] == ids
+    kept = direct.hgetall(Keys("treadle").tickets("wf"))
+    for message, run in zip(messages, runs, strict=True):
+        assert (
+            message["headers"]["argsrepr"] == f"workflow=wf step={run[0]}+{len(run) - 1} pool=bulk"
+        )
+        for step_id in run:
+            ticket = json.loads(kept[step_id.encode()])
+            assert ticket["headers"]["id"] == message["headers"]["id"]
+    # Recovery sees each step's message where it is.
+    assert present_steps(store) == {("wf", s) for s in ids}
+
+
+def test_a_task_is_as_long_as_its_long_runs(direct: redis.Redis) -> None:
+    store = StateStore(direct, Keys("treadle"))
+    observations = Observations(direct, store.keys.metrics)
+    for _ in range(90):
+        observations.run("short", 0.002)
+        observations.run("mostly-short", 0.001)
+    for _ in range(10):
+        observations.run("short", 0.004)
+        observations.run("mostly-short", 0.3)  # its 95th percentile: 0.25-0.5 s
+    observations.flush()
+    typical = typical_run_s(store, ["short", "mostly-short", "never-ran"])
+    assert typical["short"] == pytest.approx(0.0022)  # the mean
+    assert typical["mostly-short"] == 0.25  # the floor of its 95th percentile's bucket
+    assert typical["never-ran"] is None
 
 
 def test_a_block_that_fails_sends_nothing(app: Celery, direct: redis.Redis) -> None:

@@ -16,9 +16,10 @@ from config.celery_app import make_app
 from config.redis_client import connect
 from config.settings import Settings
 from config.topology import load_topology
-from orchestrator import tickets
+from orchestrator import bundles, tickets
 from orchestrator.dead_letters import DeadLetters
 from orchestrator.definitions import DefinitionCache
+from orchestrator.dispatch import mark_queued as mark_all_queued
 from orchestrator.errors import NotFound
 from orchestrator.flow import FlowControl
 from orchestrator.keys import Keys
@@ -68,6 +69,7 @@ class _PerProcess:
                 recheck_s=self.settings.worker_lost_after_s / 3,
                 flow=FlowControl(store, load_topology(self.settings.topology)),
                 inline_chain_s=self.settings.inline_chain_s,
+                bundle_target_s=self.settings.bundle_target_s,
                 observations=Observations(client, keys.metrics),
             )
             self._pid = os.getpid()
@@ -107,8 +109,12 @@ def make_worker_app(settings: Settings, redis_url: str) -> Celery:
         if not isinstance(args, (list, tuple)) or len(args) != 2:
             return
         workflow_id, step_id = args
+        steps = bundles.members(args, body[1] if len(body) > 1 else None)
         now = time.time()
         try:
+            if len(steps) > 1:
+                mark_all_queued(holder.runtime.store, workflow_id, steps)
+                return
             holder.runtime.store.apply(
                 workflow_id,
                 [
@@ -153,10 +159,13 @@ def _register(app: Celery, name: str, holder: _PerProcess, request_class: type) 
     def run(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # Checked here, not by Celery's call: a message of the wrong shape is a dead
         # letter, not a task error that would be logged and forgotten.
-        if kwargs or len(args) != 2 or not all(isinstance(a, str) for a in args):
+        others = bundles.others_in(kwargs) if kwargs else []
+        if others is None or len(args) != 2 or not all(isinstance(a, str) for a in args):
             dead_letter(self, "not a treadle step message", f"args={args!r} kwargs={kwargs!r}")
             raise Ignore()
         try:
+            if others:
+                return holder.runtime.execute_bundle(self, args[0], [args[1], *others])
             return holder.runtime.execute(self, args[0], args[1])
         except NotFound as exc:
             dead_letter(self, str(exc), repr(args))

@@ -16,6 +16,10 @@ meanwhile loses nothing: the message comes back, finds its step ended and its ch
 stalled at a step that was never started or whose attempt was lost, and goes on from
 there (``StepRuntime``); the recovery sweep does the same through the first step's ticket.
 Each step run in line records whose message carried it (``inline_of``, ``inline_task_id``).
+
+The steps of a bundle (``orchestrator.bundles``) run in line the same way, each under the
+request its own message would have had (``member_request``), so that whatever a step
+sends again (a retry, a wait for a limit, a parked step) is a message of its own.
 """
 
 from __future__ import annotations
@@ -71,8 +75,40 @@ def next_in_line(request: Any, workflow_id: str, elapsed_s: float, budget_s: flo
     hard, soft = _limits(request)
     if (options.get("time_limit"), options.get("soft_time_limit")) != (hard, soft):
         return None
-    allowed = budget_s if soft is None else min(budget_s, soft * SHARE_OF_TIME_LIMIT)
-    return step_id if elapsed_s < allowed else None
+    return step_id if elapsed_s < allowance(request, budget_s) else None
+
+
+def allowance(request: Any, budget_s: float) -> float:
+    """How long a delivery may go on starting steps in line."""
+    soft = _limits(request)[1]
+    return budget_s if soft is None else min(budget_s, soft * SHARE_OF_TIME_LIMIT)
+
+
+def member_request(carrier: Any, workflow_id: str, step_id: str, index: int) -> Context:
+    """The request step ``index`` of the bundle ``carrier`` delivers would have had as a
+    message of its own: the first step keeps the bundle's task id, the others get one
+    derived from it (the same on a redelivery)."""
+    hard, soft = _limits(carrier)
+    return Context(
+        id=carrier.id if index == 0 else f"{carrier.id}.{index}",
+        task=carrier.task,
+        args=[workflow_id, step_id],
+        kwargs={},
+        root_id=getattr(carrier, "root_id", None),
+        parent_id=getattr(carrier, "parent_id", None),
+        hostname=getattr(carrier, "hostname", None),
+        delivery_info=getattr(carrier, "delivery_info", None),
+        reply_to=getattr(carrier, "reply_to", None),
+        timelimit=(hard, soft),
+        time_limit=hard,
+        soft_time_limit=soft,
+        argsrepr=f"workflow={workflow_id} step={step_id}",
+        headers=dict(getattr(carrier, "headers", None) or {}),
+        called_directly=False,
+        is_eager=False,
+        retries=0,
+        **({KEEP_GOING_HEADER: True} if getattr(carrier, KEEP_GOING_HEADER, False) else {}),
+    )
 
 
 def request_of(link: Mapping[str, Any], rest: Sequence[Any], carrier: Any) -> Context:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from config.broker_transport import in_line
 from config.queues import queue_for
 from config.settings import Settings
-from orchestrator import audit
+from orchestrator import audit, bundles
 from orchestrator.conditions import ConditionError
 from orchestrator.delays import DelayedMessages
 from orchestrator.dispatch import publish_steps
@@ -104,6 +104,7 @@ class StepRuntime:
         flow: FlowControl | None = None,
         inline_chain_s: float = 0.0,
         observations: Observations | None = None,
+        bundle_target_s: float = 0.0,
     ):
         self.store = store
         self.registry = registry
@@ -113,6 +114,7 @@ class StepRuntime:
         self.flow = flow  # shared limits (resources, concurrency keys, tenant caps)
         self.inline_chain_s = inline_chain_s  # how long a delivery may run its chain in line
         self.observations = observations  # run and wait times, if this runtime measures them
+        self.bundle_target_s = bundle_target_s  # how long a bundle is expected to run
 
     def execute(self, task: Task, workflow_id: str, step_id: str) -> dict[str, Any]:
         """Run one step for the Celery task ``task``, then the next steps of its chain that
@@ -122,6 +124,50 @@ class StepRuntime:
         if self.inline_chain_s > 0 and outcome["state"] in _GOES_ON_VALUES:
             self._run_in_line(task, workflow_id, began)
         return outcome
+
+    def execute_bundle(self, task: Task, workflow_id: str, step_ids: list[str]) -> dict[str, Any]:
+        """Run the steps of a bundle (``orchestrator.bundles``) one by one, each as if its
+        own message had brought it; once the delivery has used its in-line budget, the
+        rest leave as messages of their own."""
+        carrier = task.request
+        began = time.monotonic()
+        allowed = inline.allowance(carrier, self.inline_chain_s)
+        if self.bundle_target_s > 0:
+            allowed = min(allowed, bundles.OUTRUN * self.bundle_target_s)
+        states: dict[str, str] = {}
+        for index, step_id in enumerate(step_ids):
+            if index and time.monotonic() - began >= allowed:
+                self._send_again(task.app, workflow_id, step_ids[index:])
+                break
+            task.request_stack.push(inline.member_request(carrier, workflow_id, step_id, index))
+            try:
+                outcome = self._execute_one(
+                    task, workflow_id, step_id, carrier=carrier if index else None
+                )
+                states[step_id] = outcome["state"]
+            except (Ignore, Retry, StepFailed):
+                continue  # recorded (a retry, a wait, a failure): the next step is its own
+            except BaseException:
+                # Not recorded (Redis went away, say): the steps not yet run must not wait
+                # for this delivery's message, which Celery acknowledges as failed.
+                with contextlib.suppress(Exception):
+                    self._send_again(task.app, workflow_id, step_ids[index + 1 :])
+                raise
+            finally:
+                task.request_stack.pop()
+        return {"workflow_id": workflow_id, "steps": states}
+
+    def _send_again(self, app: Any, workflow_id: str, step_ids: list[str]) -> None:
+        """Publish the steps of a bundle that are still queued (never started here), each
+        in a message of its own: one of them may be slow, which bundled again they would
+        wait for one after the other."""
+        if not step_ids:
+            return
+        records = self.store.step_records_of(workflow_id, step_ids)
+        waiting = [s for s in step_ids if (records.get(s) or {}).get("state") == "queued"]
+        if waiting:
+            priority = self.store.workflow_fields(workflow_id)["priority"]
+            publish_steps(app, self.store, workflow_id, waiting, priority, share=False)
 
     def _run_in_line(self, task: Task, workflow_id: str, began: float) -> None:
         """Claim and run the chain's next steps here (see ``workers.inline``), taking each
@@ -711,18 +757,25 @@ class StepRuntime:
         """An attempt whose process was killed (hard time limit): record it as failed and
         retry or dead-letter the step. Runs in the worker's main process."""
         view = self.store.load_step(workflow_id, step_id)
+        bundled = self._bundle_of(request)
+        if bundled:
+            # The bundle's message is acknowledged with this: the steps it had not started
+            # yet go on in messages of their own.
+            self._send_again(task.app, workflow_id, bundled)
         if view.record.get("state") != StepState.running.value:
             # It ended; the step its delivery ran in line after it may be the one killed.
             found = self._in_line_request(task.app, workflow_id, request)
             if found is None:
                 return
             task, request, view = found
+        elif bundled:
+            request = inline.member_request(request, workflow_id, step_id, 0)
         definition = self.registry.get(task.name)
         if view.record.get("state") != StepState.running.value or definition is None:
             return
         call = StepCall(
             workflow_id=workflow_id,
-            step_id=step_id,
+            step_id=view.step_id,
             task=task.name,
             attempt=int(view.record.get("attempts", 1)),
             pool=view.pool,
@@ -763,6 +816,12 @@ class StepRuntime:
         step_id = self._carried_by(workflow_id, str(carrier.id))
         if step_id is None:
             return None
+        bundled = self._bundle_of(carrier)
+        if step_id in bundled:
+            task = app.tasks[carrier.task]
+            index = bundled.index(step_id)
+            request = inline.member_request(carrier, workflow_id, step_id, index)
+            return task, request, self.store.load_step(workflow_id, step_id)
         chain = list(getattr(carrier, "chain", None) or [])
         for index, link in enumerate(chain):
             task = app.tasks.get(link.get("task"))
@@ -770,6 +829,14 @@ class StepRuntime:
                 request = inline.request_of(link, chain[:index], carrier)
                 return task, request, self.store.load_step(workflow_id, step_id)
         return None
+
+    @staticmethod
+    def _bundle_of(request: Any) -> list[str]:
+        """The steps of the bundle ``request`` delivers, or [] for a step's own message."""
+        kwargs = getattr(request, "kwargs", None)
+        if not bundles.others_in(kwargs):
+            return []
+        return bundles.members(getattr(request, "args", None), kwargs)
 
     def _fail(
         self,
