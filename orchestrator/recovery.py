@@ -27,6 +27,9 @@ from orchestrator.stranded import restore_stranded
 
 log = logging.getLogger("treadle.recovery")
 
+# Under disruptions that do not settle, repair this many settling times after the last.
+_UNSETTLED_REPAIR = 3
+
 _FIELDS = ("state", "submitted_at", "dispatched_at", "steps_done", "steps_total")
 
 
@@ -90,10 +93,21 @@ def _repair_orphans(
         store.redis.srem(store.keys.incarnations, *dead)
         store.mark_disrupted(now)
     disrupted, repaired = store.disruption()
-    # Once it has settled: reconnected workers first put back what they still held.
-    if disrupted > repaired and now - disrupted >= settle_s:
-        report.orphans = repair(orchestrator.app, store, before=disrupted)
-        store.mark_repaired(disrupted)
+    if disrupted <= repaired:
+        return
+    if now - disrupted >= settle_s:
+        # Once it has settled: reconnected workers first put back what they still held.
+        before = disrupted
+    elif now - repaired >= _UNSETTLED_REPAIR * settle_s:
+        # Disruptions that never settle (workers dying over and over) must not keep a lost
+        # message waiting for ever: what was queued settle_s ago and has no message
+        # anywhere by now is lost, whatever comes next (a copy still on its way back is
+        # harmless: a step runs once).
+        before = now - settle_s
+    else:
+        return
+    report.orphans = repair(orchestrator.app, store, before=before)
+    store.mark_repaired(before)
 
 
 def _stranded_counter_steps(

@@ -99,6 +99,33 @@ def test_a_message_lost_on_its_way_to_a_worker_is_published_again(
     assert client.audit(workflow_id).ok
 
 
+def test_a_lost_message_is_published_again_while_disruptions_go_on(
+    idle_stack: tuple[Stack, Client],
+) -> None:
+    stack, client = idle_stack
+    workflow_id = client.submit({"name": "lost-in-a-storm", "steps": [effect("a")]})
+    r = redis.Redis.from_url(stack.redis_url)
+    take_message(r, "default", workflow_id, "a")
+    store = client.orchestrator.store
+    stop = threading.Event()
+
+    def storm() -> None:
+        # Workers losing their connections or dying over and over: never settles.
+        while not stop.wait(0.2):
+            store.mark_disrupted(time.time())
+
+    storming = threading.Thread(target=storm, daemon=True)
+    storming.start()
+    try:
+        start_default_worker(stack)
+        status = client.wait(workflow_id, timeout_s=60)
+    finally:
+        stop.set()
+        storming.join()
+    assert status["state"] == "succeeded"
+    assert effects(r) == ({f"{workflow_id}:a": 1}, 1)
+
+
 def test_a_chain_cut_by_a_dying_worker_goes_on_without_running_the_step_again(
     idle_stack: tuple[Stack, Client],
 ) -> None:
