@@ -33,6 +33,7 @@ from celery import Celery
 from config.queues import queue_for
 from config.topology import PRIORITY_ORDER
 from orchestrator import tickets
+from orchestrator.dispatch import publish_steps
 from orchestrator.states import STEP_FINAL, WORKFLOW_FINAL, StepState
 from orchestrator.store import StateStore
 from orchestrator.stranded import UNACKED
@@ -165,9 +166,30 @@ def _reissue(
                 # message carried it goes on from where it ended.
                 _reissue(app, store, workflow_id, [carrier], done, keep_going=True, sent=sent)
                 continue
-            log.error(
-                "workflow %s step %s lost its message and none was kept", workflow_id, step_id
+            if keep_going:
+                log.error(
+                    "workflow %s step %s lost its message and none was kept", workflow_id, step_id
+                )
+                continue
+            # Recorded as queued, but its publisher died before keeping its message (a
+            # worker killed between the two).
+            definition = store.step_defs_of(workflow_id, [step_id]).get(step_id) or {}
+            after = list(definition.get("after") or [])
+            if after and not {"counter", "then"} & definition.keys():
+                # A link of a chain: its message is the rest of that chain, which the link
+                # before it carries; that one goes on from where it ended.
+                _reissue(app, store, workflow_id, after, done, keep_going=True, sent=sent)
+                continue
+            # A step its dependency counts release (or a first step): its message is made
+            # again from its definition, as the worker that died would have made it.
+            priority = store.workflow_fields(workflow_id)["priority"]
+            publish_steps(app, store, workflow_id, [step_id], priority, share=False)
+            log.warning(
+                "workflow %s step %s: its message was lost before it was kept: published anew",
+                workflow_id,
+                step_id,
             )
+            done.append(f"{workflow_id}/{step_id}")
             continue
         message_id = (ticket.get("headers") or {}).get("id")
         if message_id in sent:

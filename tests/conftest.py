@@ -48,6 +48,16 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     )
 
 
+def private_stack(home: Path, workers: list[WorkerSpec], **chosen: float | str) -> Stack:
+    """A stack of a test module's own: the session's quick recovery plus ``chosen``
+    settings, which its workers are given too."""
+    quick: dict[str, float | str] = {"sweep_interval_s": 0.5, "recovery_after_s": 2.0}
+    values = {**quick, **chosen}
+    settings = Settings(redis_url=None, home=home, task_modules=TEST_MODULES, **values)  # type: ignore[arg-type]
+    env = {f"TREADLE_{name.upper()}": str(value) for name, value in values.items()}
+    return Stack(settings, workers=workers, extra_env=env)
+
+
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Stack]:
     workers = [

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings
 from config.topology import PriorityClass
 from orchestrator.client import Client
 from orchestrator.metrics import typical_run_s
-from orchestrator.stack import Stack, WorkerSpec
-from tests.conftest import TEST_MODULES, wait_until
+from orchestrator.stack import WorkerSpec
+from tests.conftest import private_stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -24,29 +23,14 @@ TASK = "tests.member"
 WIDTH = 8
 
 
-def _stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
-    # A target this long bundles a stage of any short task whole (up to bundle_max),
-    # however slow the machine: which steps share a message depends on the graph alone.
-    settings = Settings(
-        redis_url=None,
-        home=tmp_path_factory.mktemp("treadle-bundles"),
-        task_modules=TEST_MODULES,
-        sweep_interval_s=0.5,
-        recovery_after_s=2.0,
-        bundle_target_s=30.0,
-    )
-    env = {
-        "TREADLE_BUNDLE_TARGET_S": "30.0",
-        "TREADLE_SWEEP_INTERVAL_S": "0.5",
-        "TREADLE_RECOVERY_AFTER_S": "2.0",
-    }
-    return Stack(settings, workers=[WorkerSpec(PriorityClass.default, 1, 2)], extra_env=env)
-
-
 @pytest.fixture(scope="module")
 def bundling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    # A target this long bundles a stage of any short task whole (up to bundle_max),
+    # however slow the machine: which steps share a message depends on the graph alone.
+    workers = [WorkerSpec(PriorityClass.default, 1, 2)]
+    home = tmp_path_factory.mktemp("treadle-bundles")
     with (
-        _stack(tmp_path_factory) as stack,
+        private_stack(home, workers, bundle_target_s=30.0) as stack,
         Client.connect(stack.settings, stack.redis_url) as client,
     ):
         # A task never measured goes one step a message: run it once, then wait for the

@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings
 from config.topology import PriorityClass
 from orchestrator.client import Client
 from orchestrator.stack import Stack, WorkerSpec
-from tests.conftest import TEST_MODULES
+from tests.conftest import private_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -22,20 +21,9 @@ LONG_TIMEOUT_S = 1200.0
 
 
 def _stack(tmp_path_factory: pytest.TempPathFactory, inline_chain_s: float) -> Stack:
-    settings = Settings(
-        redis_url=None,
-        home=tmp_path_factory.mktemp("treadle-inline"),
-        task_modules=TEST_MODULES,
-        sweep_interval_s=0.5,
-        recovery_after_s=2.0,
-    )
-    env = {
-        "TREADLE_INLINE_CHAIN_S": str(inline_chain_s),
-        "TREADLE_SWEEP_INTERVAL_S": "0.5",
-        "TREADLE_RECOVERY_AFTER_S": "2.0",
-    }
     workers = [WorkerSpec(PriorityClass.default, 1, 2), WorkerSpec(PriorityClass.critical, 1, 1)]
-    return Stack(settings, workers=workers, extra_env=env)
+    home = tmp_path_factory.mktemp("treadle-inline")
+    return private_stack(home, workers, inline_chain_s=inline_chain_s)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from config.topology import PRIORITY_ORDER, PriorityClass
 from ops.chaos.run import workflow as chaos_workflow
 from ops.chaos.tasks import CALLS, LEDGER
 from orchestrator.client import Client
+from orchestrator.dispatch import mark_queued
 from orchestrator.stack import Stack, WorkerSpec, host_name
 from orchestrator.states import WORKFLOW_FINAL
 from orchestrator.store import Change
@@ -96,6 +97,50 @@ def test_a_message_lost_on_its_way_to_a_worker_is_published_again(
     ledger, calls = effects(r)
     assert sorted(ledger) == [f"{workflow_id}:{s}" for s in ("a", "b", "c")]
     assert calls == 3  # the chain went on from the re-published message: nothing twice
+    assert client.audit(workflow_id).ok
+
+
+def test_a_released_step_whose_message_was_neither_sent_nor_kept_is_published_anew(
+    idle_stack: tuple[Stack, Client],
+) -> None:
+    stack, client = idle_stack
+    # b -> d and a, b -> c: not series-parallel, so c and d run on dependency counts.
+    spec = {
+        "name": "never-sent",
+        "steps": [effect("a"), effect("b"), effect("c", ["a", "b"]), effect("d", ["b"])],
+    }
+    workflow_id = client.submit(spec)
+    r = redis.Redis.from_url(stack.redis_url)
+    store = client.orchestrator.store
+    # A worker took a and b, ran and recorded them, which released c and d; it recorded
+    # c as queued and died before keeping c's message (its ticket) or sending any.
+    defs = store.step_defs_of(workflow_id, ["a", "b"])
+    for step_id in ("a", "b"):
+        take_message(r, "default", workflow_id, step_id)
+        now = time.time()
+        store.apply(
+            workflow_id,
+            [Change(step_id, "queued", "running", {"attempts": 1, "started_at": now}, {"at": now})],
+        )
+        ended = Change(
+            step_id,
+            "running",
+            "succeeded",
+            {"finished_at": now},
+            {"at": now},
+            "true",
+            release=defs[step_id]["release"],
+        )
+        store.apply(workflow_id, [ended])
+    mark_queued(store, workflow_id, ["c"])
+    assert store.tickets_of(workflow_id, ["c", "d"]) == {}
+    store.mark_disrupted(time.time())
+    start_default_worker(stack)
+    status = client.wait(workflow_id, timeout_s=60)
+    assert status["state"] == "succeeded"
+    ledger, calls = effects(r)
+    assert sorted(ledger) == [f"{workflow_id}:{s}" for s in ("c", "d")]
+    assert calls == 2
     assert client.audit(workflow_id).ok
 
 
