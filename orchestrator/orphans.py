@@ -151,11 +151,11 @@ def _reissue(
     for step_id in step_ids:
         ticket = kept.get(step_id)
         if ticket is None and step_id.endswith(tickets.JOIN_SUFFIX):
-            # The join was never published (its worker died before the chord fired): the
-            # items, going on from where they ended, fire it.
-            parent = step_id.removesuffix(tickets.JOIN_SUFFIX)
-            items = [s for s in store.step_records(workflow_id) if s.startswith(f"{parent}[")]
-            _reissue(app, store, workflow_id, items, done, keep_going=True, sent=sent)
+            # The join was never published (its worker died before the chord fired, or
+            # the chord counted an item twice and will never fire): published here. It
+            # is idempotent, and reads every item's result from the state store.
+            _publish_join(app, store, workflow_id, step_id.removesuffix(tickets.JOIN_SUFFIX))
+            done.append(f"{workflow_id}/{step_id}")
             continue
         if ticket is None:
             carrier = (store.step_records_of(workflow_id, [step_id]).get(step_id) or {}).get(
@@ -203,6 +203,20 @@ def _reissue(
             "chain continued after a lost link" if keep_going else "lost message published again",
         )
         done.append(f"{workflow_id}/{step_id}")
+
+
+def _publish_join(app: Celery, store: StateStore, workflow_id: str, parent: str) -> None:
+    """The join of the fan-out ``parent`` whose items all ended. What a chain after the
+    fan-out step would have carried on with, the stall repair continues."""
+    count = sum(1 for s in store.step_records(workflow_id) if s.startswith(f"{parent}["))
+    definition = store.step_defs_of(workflow_id, [parent]).get(parent) or {}
+    pool = definition.get("priority") or store.workflow_fields(workflow_id)["priority"]
+    app.signature(
+        tickets.JOIN_TASK, args=(workflow_id, parent, count), immutable=True, queue=queue_for(pool)
+    ).apply_async()
+    log.warning(
+        "workflow %s step %s: its items ended and no join came: joined", workflow_id, parent
+    )
 
 
 def _unfinished(store: StateStore) -> Iterable[str]:

@@ -34,6 +34,8 @@ log = logging.getLogger("treadle.tickets")
 
 # Where the join of a fan-out keeps its ticket ("/" is not allowed in step ids).
 JOIN_SUFFIX = "/join"
+# The task that ends a fan-out (workers.fan_out), args (workflow id, fan-out step, items).
+JOIN_TASK = "treadle.join"
 
 # A message re-issued for a step that already succeeded: continue its chain or chord as
 # if it had just run (see StepRuntime), instead of stopping there as a duplicate does.

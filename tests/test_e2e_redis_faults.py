@@ -27,6 +27,7 @@ from orchestrator.states import WORKFLOW_FINAL
 from orchestrator.store import Change
 from orchestrator.tickets import key_of_payload
 from tests.conftest import TEST_MODULES, wait_until
+from tests.tasks import open_gate
 
 pytestmark = pytest.mark.e2e
 
@@ -298,3 +299,50 @@ def test_redis_crashing_under_load_loses_no_acknowledged_submission(tmp_path: Pa
     finally:
         client.close()
         stack.stop()
+
+
+def test_a_fan_out_whose_chord_will_never_fire_is_joined_by_recovery(
+    stack: Stack, client: Client
+) -> None:
+    gate = f"never-fires-{time.time_ns()}"
+    workflow_id = client.submit(
+        {
+            "name": "never-fires",
+            "steps": [
+                {"id": "src", "task": "treadle.items", "args": {"n": 3}},
+                {"id": "each", "task": "tests.hold", "for_each": "src", "args": {"name": gate}},
+            ],
+        }
+    )
+    r = redis.Redis.from_url(stack.redis_url)
+
+    def chord_group() -> str | None:
+        # The items' messages, held by workers while they wait for the gate, name the
+        # group of their chord.
+        for raw in r.hvals("unacked"):
+            headers = json.loads(raw)[0]["headers"]
+            if headers.get("group") and workflow_id in str(headers.get("argsrepr")):
+                return str(headers["group"])
+        return None
+
+    group_id = wait_until(chord_group, 30, "the items of the fan-out to be taken")
+    # An item counted twice (a redelivery after a kill, say): the chord's count goes past
+    # its size and Celery never fires it.
+    app = client.orchestrator.app
+    r.rpush(app.backend.get_key_for_group(group_id, ".j"), b"counted twice")
+    open_gate(gate, stack.redis_url)
+    store = client.orchestrator.store
+    wait_until(
+        lambda: all(
+            store.step_records(workflow_id).get(f"each[{i}]", {}).get("state") == "succeeded"
+            for i in range(3)
+        ),
+        30,
+        "the items to succeed",
+    )
+    assert store.step_records(workflow_id)["each"]["state"] == "running"
+    store.mark_disrupted(time.time())  # what lets recovery look for lost messages
+    status = client.wait(workflow_id, timeout_s=60)
+    assert status["state"] == "succeeded"
+    assert store.results(workflow_id)["each"] == [gate, gate, gate]
+    assert client.audit(workflow_id).ok

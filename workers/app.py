@@ -25,8 +25,8 @@ from orchestrator.flow import FlowControl
 from orchestrator.keys import Keys
 from orchestrator.states import StepState
 from orchestrator.store import Change, Conflict, StateStore
+from orchestrator.tickets import JOIN_TASK
 from workers import poison
-from workers.fan_out import JOIN_TASK
 from workers.hooks import LogHook
 from workers.observations import Observations
 from workers.poison import describe

@@ -23,8 +23,8 @@ from orchestrator.dispatch import step_signature
 from orchestrator.errors import Permanent
 from orchestrator.states import StepState
 from orchestrator.store import Applied, Change, Conflict, StateStore, StepView
+from orchestrator.tickets import JOIN_TASK
 
-JOIN_TASK = "treadle.join"
 MAX_ITEMS = 20_000  # as many as a workflow may have steps (Settings.max_steps default)
 _NOT_INHERITED = ("for_each", "max_parallel", "release", "counter", "when", "trigger")
 
