@@ -24,7 +24,7 @@ from orchestrator.client import Client
 from orchestrator.dispatch import mark_queued
 from orchestrator.stack import Stack, WorkerSpec, host_name
 from orchestrator.states import WORKFLOW_FINAL
-from orchestrator.store import Change
+from orchestrator.store import Change, StateStore
 from orchestrator.tickets import key_of_payload
 from tests.conftest import TEST_MODULES, wait_until
 from tests.tasks import open_gate
@@ -79,6 +79,32 @@ def effects(r: redis.Redis) -> tuple[dict[str, int], int]:
     return ledger, int(r.llen(CALLS))
 
 
+def ran_without_effect(store: StateStore, r: redis.Redis, workflow_id: str, step_id: str) -> None:
+    """What a worker that took a step's message, ran it and recorded its end leaves (the
+    run's effect is left out, so that a second run would show in the ledger)."""
+    take_message(r, "default", workflow_id, step_id)
+    release = store.step_defs_of(workflow_id, [step_id])[step_id].get("release") or ()
+    now = time.time()
+    started = Change(step_id, "queued", "running", {"attempts": 1, "started_at": now}, {"at": now})
+    store.apply(workflow_id, [started])
+    ended = Change(
+        step_id, "running", "succeeded", {"finished_at": now}, {"at": now}, "true", release=release
+    )
+    store.apply(workflow_id, [ended])
+
+
+def recovered(stack: Stack, client: Client, workflow_id: str, ran: list[str]) -> None:
+    """After a disruption and a worker, the workflow succeeds having run ``ran`` once."""
+    client.orchestrator.store.mark_disrupted(time.time())
+    start_default_worker(stack)
+    status = client.wait(workflow_id, timeout_s=60)
+    assert status["state"] == "succeeded"
+    ledger, calls = effects(redis.Redis.from_url(stack.redis_url))
+    assert sorted(ledger) == [f"{workflow_id}:{s}" for s in ran]
+    assert calls == len(ran)  # nothing ran twice
+    assert client.audit(workflow_id).ok
+
+
 def test_a_message_lost_on_its_way_to_a_worker_is_published_again(
     idle_stack: tuple[Stack, Client],
 ) -> None:
@@ -90,15 +116,9 @@ def test_a_message_lost_on_its_way_to_a_worker_is_published_again(
     workflow_id = client.submit(spec)
     r = redis.Redis.from_url(stack.redis_url)
     take_message(r, "default", workflow_id, "a")
-    # A worker whose connection broke just then reconnects and says so.
-    client.orchestrator.store.mark_disrupted(time.time())
-    start_default_worker(stack)
-    status = client.wait(workflow_id, timeout_s=60)
-    assert status["state"] == "succeeded"
-    ledger, calls = effects(r)
-    assert sorted(ledger) == [f"{workflow_id}:{s}" for s in ("a", "b", "c")]
-    assert calls == 3  # the chain went on from the re-published message: nothing twice
-    assert client.audit(workflow_id).ok
+    # A worker whose connection broke just then reconnects and says so; the chain goes
+    # on from the re-published message.
+    recovered(stack, client, workflow_id, ["a", "b", "c"])
 
 
 def test_a_released_step_whose_message_was_neither_sent_nor_kept_is_published_anew(
@@ -115,34 +135,11 @@ def test_a_released_step_whose_message_was_neither_sent_nor_kept_is_published_an
     store = client.orchestrator.store
     # A worker took a and b, ran and recorded them, which released c and d; it recorded
     # c as queued and died before keeping c's message (its ticket) or sending any.
-    defs = store.step_defs_of(workflow_id, ["a", "b"])
     for step_id in ("a", "b"):
-        take_message(r, "default", workflow_id, step_id)
-        now = time.time()
-        store.apply(
-            workflow_id,
-            [Change(step_id, "queued", "running", {"attempts": 1, "started_at": now}, {"at": now})],
-        )
-        ended = Change(
-            step_id,
-            "running",
-            "succeeded",
-            {"finished_at": now},
-            {"at": now},
-            "true",
-            release=defs[step_id]["release"],
-        )
-        store.apply(workflow_id, [ended])
+        ran_without_effect(store, r, workflow_id, step_id)
     mark_queued(store, workflow_id, ["c"])
     assert store.tickets_of(workflow_id, ["c", "d"]) == {}
-    store.mark_disrupted(time.time())
-    start_default_worker(stack)
-    status = client.wait(workflow_id, timeout_s=60)
-    assert status["state"] == "succeeded"
-    ledger, calls = effects(r)
-    assert sorted(ledger) == [f"{workflow_id}:{s}" for s in ("c", "d")]
-    assert calls == 2
-    assert client.audit(workflow_id).ok
+    recovered(stack, client, workflow_id, ["c", "d"])
 
 
 def test_a_lost_message_is_published_again_while_disruptions_go_on(
@@ -181,26 +178,9 @@ def test_a_chain_cut_by_a_dying_worker_goes_on_without_running_the_step_again(
     )
     r = redis.Redis.from_url(stack.redis_url)
     # A worker took `a`, ran it, recorded it and died before publishing `b`.
-    take_message(r, "default", workflow_id, "a")
-    store = client.orchestrator.store
-    now = time.time()
-    store.apply(
-        workflow_id,
-        [Change("a", "queued", "running", {"attempts": 1, "started_at": now}, {"at": now})],
-    )
-    store.apply(
-        workflow_id,
-        [Change("a", "running", "succeeded", {"finished_at": now}, {"at": now}, "true")],
-    )
-    store.mark_disrupted(time.time())
-    start_default_worker(stack)
-    status = client.wait(workflow_id, timeout_s=60)
-    assert status["state"] == "succeeded"
-    ledger, calls = effects(r)
-    # `a` was not run again: its (simulated) run left no effect, and none was added.
-    assert sorted(ledger) == [f"{workflow_id}:{s}" for s in ("b", "c")]
-    assert calls == 2
-    assert client.audit(workflow_id).ok
+    ran_without_effect(client.orchestrator.store, r, workflow_id, "a")
+    # `a` is not run again: its (simulated) run left no effect, and none is added.
+    recovered(stack, client, workflow_id, ["b", "c"])
 
 
 def test_a_copy_of_a_running_step_waits_instead_of_running_it_twice(
