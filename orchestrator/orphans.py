@@ -8,16 +8,21 @@ key), and once things have settled the recovery sweep looks at every unfinished 
 was waiting then:
 
 - queued or retrying, or running for a worker that is dead, and no message for it
-  anywhere (queues, ``unacked``, the delayed set): its ticket is published again;
+  anywhere (queues, ``unacked``, the delayed set): its ticket is published again (a
+  bundle's once, for all its steps); with no ticket (its publisher died between
+  recording it queued and keeping its message), a message is made afresh from its
+  definition, or for a chain's link the link before it goes on;
 - not started, every dependency ended before the disruption, not a counter step or one
   a chord's gate publishes (those have their own repair), and no message for it: its
   dependencies' tickets are published again with the keep-going header, so that their
   chains continue;
 - a fan-out whose items all ended before the disruption and whose join has no message:
-  the join's ticket is published again.
+  the join's ticket is published again, or with none the join itself (idempotent).
 
 A step whose message was only on its way at that moment gets a second copy: harmless,
-a step runs once. The look costs a scan of the queues, so it runs only after a disruption.
+a step runs once. The look costs a scan of the queues, so it runs only after a disruption
+(and, while disruptions go on without settling, every few settling times:
+``orchestrator.recovery``).
 """
 
 from __future__ import annotations
@@ -175,7 +180,7 @@ def _reissue(
             # worker killed between the two).
             definition = store.step_defs_of(workflow_id, [step_id]).get(step_id) or {}
             after = list(definition.get("after") or [])
-            if after and not {"counter", "then"} & definition.keys():
+            if after and not {"counter", "then", "item_of"} & definition.keys():
                 # A link of a chain: its message is the rest of that chain, which the link
                 # before it carries; that one goes on from where it ended.
                 _reissue(app, store, workflow_id, after, done, keep_going=True, sent=sent)
